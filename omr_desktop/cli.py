@@ -1,0 +1,111 @@
+"""The ``omr-desktop`` command: the GUI by default, and its subcommands.
+
+Exit status: 0 success, 1 the operation failed, 2 invalid arguments.
+Qt is imported only when the GUI starts, so the subcommands run on machines
+without a display.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from omr_desktop import __version__, config
+from omr_desktop.log_setup import configure_logging
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="omr-desktop",
+        description="Review and reprocess scanned OMR answer sheets. "
+        "Without a command, opens the desktop application.",
+    )
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default: OMR_LOG_LEVEL, else INFO)",
+    )
+    parser.set_defaults(handler=_run_gui)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    gui = commands.add_parser("gui", help="open the desktop application (default)")
+    gui.set_defaults(handler=_run_gui)
+
+    from omr_desktop import cli_db
+
+    cli_db.add_db_commands(commands)
+    _add_optional_commands(commands)
+    return parser
+
+
+def _add_optional_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    import importlib.util
+
+    # TODO(engine lands): drop this check once omr_desktop/cli_engine.py is in.
+    if importlib.util.find_spec("omr_desktop.cli_engine") is None:
+        return
+    from omr_desktop import cli_engine
+
+    accuracy = commands.add_parser(
+        "accuracy",
+        help="measure the engine's accuracy on synthetic sheets per profile",
+    )
+    cli_engine.add_accuracy_arguments(accuracy)
+    accuracy.set_defaults(handler=cli_engine.run_accuracy)
+
+
+def _run_gui(args: argparse.Namespace) -> int:
+    from omr_desktop.app import run_gui
+
+    return run_gui(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        level = config.log_level_name(args.log_level)
+    except config.ConfigError as exc:
+        parser.error(str(exc))
+    log_file = configure_logging(level, config.log_dir())
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        return _report_failure(exc, log_file)
+
+
+def _report_failure(exc: Exception, log_file: object) -> int:
+    from omr_desktop.errors import is_expected_error
+
+    if is_expected_error(exc):
+        # The console already gets the message below; the log file keeps it.
+        logger.error("%s", exc, extra={"console": False})
+        print(f"error: {exc}", file=sys.stderr)
+    else:
+        logger.exception("Unexpected error")
+        where = f" (traceback in {log_file})" if log_file else ""
+        print(f"error: unexpected {type(exc).__name__}: {exc}{where}",
+              file=sys.stderr)
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Versioned SQL migrations: apply in order, each once, each in a transaction.
+
+Migrations are the files ``NNNN_name.sql`` in ``omr_desktop/db/migrations``;
+``NNNN`` is the version. The table ``schema_migrations`` records each applied
+version with a checksum of its text, so an applied file that was edited
+afterwards is detected instead of silently diverging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from omr_desktop.resources import migrations_dir
+
+logger = logging.getLogger(__name__)
+
+_FILE_PATTERN = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+# Any constant works; it only has to be the same in every process that
+# migrates, so that two app instances starting at once take turns.
+_MIGRATION_LOCK_KEY = 0x4F4D5231  # "OMR1"
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class MigrationError(RuntimeError):
+    """The database schema cannot be brought to this version of the code."""
+
+
+class SchemaTooNewError(MigrationError):
+    """The database was migrated by a newer OMR Desktop than this one."""
+
+
+class SchemaNotMigratedError(MigrationError):
+    """The database lacks migrations this code needs."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration file."""
+
+    version: int
+    name: str
+    path: Path
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+def available_migrations(folder: Path | None = None) -> list[Migration]:
+    """Read the migration files, sorted by version.
+
+    Raises:
+        MigrationError: a file name does not match ``NNNN_name.sql`` or two
+            files share a version.
+    """
+    folder = folder or migrations_dir()
+    migrations: dict[int, Migration] = {}
+    for path in sorted(folder.glob("*.sql")):
+        match = _FILE_PATTERN.match(path.name)
+        if not match:
+            raise MigrationError(
+                f"Invalid migration file name {path.name!r}: use NNNN_name.sql."
+            )
+        version = int(match.group(1))
+        if version in migrations:
+            raise MigrationError(
+                f"Two migrations have version {version}: "
+                f"{migrations[version].path.name} and {path.name}."
+            )
+        sql = path.read_text(encoding="utf-8")
+        migrations[version] = Migration(version, match.group(2), path, sql)
+    return [migrations[v] for v in sorted(migrations)]
+
+
+def latest_version(folder: Path | None = None) -> int:
+    """Return the highest migration version this code knows (0 if none)."""
+    migrations = available_migrations(folder)
+    return migrations[-1].version if migrations else 0
+
+
+def applied_migrations(conn: psycopg.Connection) -> dict[int, str]:
+    """Return {version: checksum} of the applied migrations; {} on a new database."""
+    exists = conn.execute(
+        "SELECT to_regclass('schema_migrations') IS NOT NULL"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return {}
+    rows = conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+    return {int(version): str(checksum) for version, checksum in rows}
+
+
+def schema_version(conn: psycopg.Connection) -> int:
+    """Return the highest applied version, 0 for a database never migrated."""
+    applied = applied_migrations(conn)
+    return max(applied) if applied else 0
+
+
+def migrate(conn: psycopg.Connection, folder: Path | None = None) -> list[Migration]:
+    """Apply every pending migration, each in its own transaction.
+
+    ``conn`` must be in autocommit mode; this function opens the transactions.
+    Running it again on a migrated database applies nothing.
+
+    Returns:
+        The migrations applied by this call.
+
+    Raises:
+        SchemaTooNewError: the database has a version this code does not know.
+        MigrationError: an applied migration's text has changed since.
+    """
+    if not conn.autocommit:
+        raise MigrationError("migrate() needs a connection in autocommit mode.")
+    migrations = available_migrations(folder)
+    applied_now: list[Migration] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        conn.execute(_CREATE_TABLE)
+    for migration in migrations:
+        if _apply_one(conn, migration, migrations):
+            applied_now.append(migration)
+    return applied_now
+
+
+def _apply_one(
+    conn: psycopg.Connection, migration: Migration, known: list[Migration]
+) -> bool:
+    with conn.transaction():
+        # Taken inside each transaction, so a second process waits here and
+        # then sees the first one's work when it reads schema_migrations.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        applied = applied_migrations(conn)
+        _check_known(applied, known)
+        if migration.version in applied:
+            return False
+        logger.info(
+            "Applying migration %04d_%s", migration.version, migration.name
+        )
+        conn.execute(migration.sql.encode("utf-8"))
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) "
+            "VALUES (%s, %s, %s)",
+            (migration.version, migration.name, migration.checksum),
+        )
+    return True
+
+
+def _check_known(applied: dict[int, str], known: list[Migration]) -> None:
+    by_version = {m.version: m for m in known}
+    newest_known = max(by_version, default=0)
+    unknown = sorted(v for v in applied if v not in by_version)
+    if unknown:
+        raise SchemaTooNewError(
+            f"The database schema is at version {max(applied)}, but this "
+            f"OMR Desktop knows versions up to {newest_known}. The database "
+            "was updated by a newer OMR Desktop: install that version or "
+            "newer, or use another database."
+        )
+    for version, checksum in applied.items():
+        if by_version[version].checksum != checksum:
+            raise MigrationError(
+                f"Migration {by_version[version].path.name} was changed after "
+                "it was applied to this database. Restore the original file; "
+                "schema changes go into a new migration."
+            )
+
+
+def check_schema(conn: psycopg.Connection, folder: Path | None = None) -> int:
+    """Check that the database is at exactly the code's schema version.
+
+    Returns:
+        The schema version.
+
+    Raises:
+        SchemaTooNewError: the database is newer than the code.
+        SchemaNotMigratedError: migrations are pending.
+    """
+    known = available_migrations(folder)
+    applied = applied_migrations(conn)
+    _check_known(applied, known)
+    pending = [m for m in known if m.version not in applied]
+    if pending:
+        names = ", ".join(m.path.name for m in pending)
+        raise SchemaNotMigratedError(
+            f"The database lacks migrations {names}. "
+            "Run 'omr-desktop db migrate'."
+        )
+    return max(applied) if applied else 0

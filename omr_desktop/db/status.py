@@ -1,0 +1,104 @@
+"""What ``omr-desktop db status`` reports: which database, its schema, its rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from omr_desktop.db.database import Database, DatabaseLocation
+from omr_desktop.db.migrate import applied_migrations, latest_version
+
+# Tables whose row counts the status shows, in the order shown.
+COUNTED_TABLES = (
+    "batches",
+    "sheets",
+    "students",
+    "omr_answers",
+    "profiles",
+    "templates",
+    "answer_keys",
+    "sheet_flags",
+    "reprocess_tasks",
+    "answer_history",
+)
+
+
+@dataclass(frozen=True)
+class DatabaseStatus:
+    """A snapshot of the database in use.
+
+    Attributes:
+        location: where it is (no password).
+        server_version: for example ``"16.2"``.
+        schema_version: the highest applied migration, 0 when never migrated.
+        code_version: the highest migration this code knows.
+        row_counts: table name to exact row count; tables that do not exist
+            yet are left out.
+    """
+
+    location: DatabaseLocation
+    server_version: str
+    schema_version: int
+    code_version: int
+    row_counts: dict[str, int]
+
+    @property
+    def schema_state(self) -> str:
+        if self.schema_version == self.code_version:
+            return "up to date"
+        if self.schema_version < self.code_version:
+            return "migrations pending: run 'omr-desktop db migrate'"
+        return "newer than this OMR Desktop: install the newer version"
+
+
+def collect_status(database: Database) -> DatabaseStatus:
+    """Read the status of an open database."""
+    with database.connect(autocommit=True) as conn:
+        return DatabaseStatus(
+            location=database.location(),
+            server_version=_server_version(conn),
+            schema_version=max(applied_migrations(conn), default=0),
+            code_version=latest_version(),
+            row_counts=_row_counts(conn),
+        )
+
+
+def _server_version(conn: psycopg.Connection) -> str:
+    row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]).split()[0] if row else "unknown"
+
+
+def _row_counts(conn: psycopg.Connection) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for table in COUNTED_TABLES:
+        exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+        if not exists or exists[0] is None:
+            continue
+        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+        row = conn.execute(query).fetchone()
+        counts[table] = int(row[0]) if row else 0
+    return counts
+
+
+def format_status(status: DatabaseStatus) -> str:
+    """Render the status as the lines ``db status`` prints."""
+    loc = status.location
+    lines = [
+        "Database:       "
+        + ("embedded" if loc.kind == "embedded" else f"external (from {loc.source})"),
+        f"Server:         PostgreSQL {status.server_version} at "
+        f"{loc.host}:{loc.port}, database {loc.dbname!r}, user {loc.user!r}",
+    ]
+    if loc.data_dir is not None:
+        lines.append(f"Data folder:    {loc.data_dir}")
+    lines.append(
+        f"Schema version: {status.schema_version} (this OMR Desktop: "
+        f"{status.code_version}; {status.schema_state})"
+    )
+    lines.append("Rows:")
+    width = max((len(t) for t in status.row_counts), default=0)
+    for table, count in status.row_counts.items():
+        lines.append(f"  {table:<{width}}  {count:>10,}")
+    return "\n".join(lines)

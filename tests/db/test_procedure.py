@@ -1,0 +1,227 @@
+"""REPROCESS_SHEET_SURGICAL on hand-made sheets with known scores and flags."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.db.builders import (
+    AnswerRow,
+    add_batch,
+    add_key,
+    add_sheet,
+    add_template,
+    sheet_flags,
+    sheet_score,
+    snapshot_other_sheets,
+)
+
+pytestmark = pytest.mark.db
+
+A = AnswerRow
+
+# Key: q1 accepts B; q2 accepts B or C; q3 accepts only the double mark BC;
+# q4 accepts A with its own points. Negative marking: +4 / -1 / 0, and
+# q4 scores +2 / 0 / 0.
+KEY = {"q1": ["B"], "q2": ["B", "C"], "q3": ["BC"], "q4": ["A"]}
+Q4_POINTS = {"q4": (2.0, 0.0, 0.0)}
+
+MULTI_UNRESOLVED = {"corrected": "*", "reason": "multi_mark", "needs_review": True}
+
+# (case name, answers, expected score, expected flags)
+CASES = [
+    (
+        "all right, q3 as an unresolved BC multi-mark the key accepts",
+        [A("q1", "B"), A("q2", "C"), A("q3", "BC", **MULTI_UNRESOLVED), A("q4", "A")],
+        14.0,
+        {"MULTI_MARK": 1, "NEEDS_REVIEW": 1},
+    ),
+    (
+        "all wrong, negative marking",
+        [A("q1", "A"), A("q2", "D"), A("q3", "B"), A("q4", "C")],
+        -3.0,
+        {},
+    ),
+    (
+        "all blank",
+        [A(q, "", reason="blank") for q in ("q1", "q2", "q3", "q4")],
+        0.0,
+        {"BLANK_ANSWER": 4, "BLANK_SHEET": 1},
+    ),
+    (
+        "multi-marks: one resolved to the darkest, one unresolved, q4 missing",
+        [
+            A("q1", "AB", corrected="B", reason="multi_mark"),
+            A("q2", "BC", **MULTI_UNRESOLVED),
+            A("q3", "C"),
+        ],
+        4.0 - 1.0 - 1.0 + 0.0,
+        {"MULTI_MARK": 2, "NEEDS_REVIEW": 1},
+    ),
+    (
+        "manual corrections count and clear the review",
+        [
+            A("q1", "", corrected="B", reason="blank", corrected_by="editor"),
+            A("q2", "B", corrected="C", confidence=0.2, reason="near_threshold",
+              needs_review=True, corrected_by="editor"),
+            A("q3", "B", confidence=0.1, reason="near_threshold", needs_review=True),
+            A("q4", "A"),
+        ],
+        4.0 + 4.0 - 1.0 + 2.0,
+        {"LOW_CONFIDENCE": 2, "NEEDS_REVIEW": 1},
+    ),
+    (
+        "erased mark reads blank",
+        [
+            A("q1", "", reason="erased"),
+            A("q2", "B"),
+            A("q3", "BC", **MULTI_UNRESOLVED),
+            A("q4", "A"),
+        ],
+        0.0 + 4.0 + 4.0 + 2.0,
+        {"ERASED_MARK": 1, "BLANK_ANSWER": 1, "MULTI_MARK": 1, "NEEDS_REVIEW": 1},
+    ),
+    (
+        "answers to questions outside the key do not count",
+        [A("q1", "B"), A("q99", "B"), A("q100", "", reason="blank")],
+        4.0,
+        {"BLANK_ANSWER": 1},
+    ),
+    (
+        "sheet with no answers scores the blanks of every key question",
+        [],
+        0.0,
+        {},
+    ),
+]
+
+
+@pytest.fixture
+def keyed_batch(db: psycopg.Connection) -> int:
+    template_id = add_template(db)
+    key_id = add_key(db, "key", KEY, correct=4, wrong=-1, blank=0,
+                     overrides=Q4_POINTS)
+    return add_batch(db, "keyed", template_id, key_id)
+
+
+def rescore(conn: psycopg.Connection, sheet_ids: list[int]) -> int:
+    row = conn.execute(
+        "CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", (sheet_ids,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected_score", "expected_flags"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_procedure_scores_and_flags_case(
+    db: psycopg.Connection,
+    keyed_batch: int,
+    answers: list[AnswerRow],
+    expected_score: float,
+    expected_flags: dict[str, int],
+) -> None:
+    sheet_id = add_sheet(db, keyed_batch, 1, answers)
+
+    assert rescore(db, [sheet_id]) == 1
+
+    assert sheet_score(db, sheet_id) == pytest.approx(expected_score)
+    assert sheet_flags(db, sheet_id) == expected_flags
+
+
+def test_procedure_sheet_without_key_gets_null_score(db: psycopg.Connection) -> None:
+    batch_id = add_batch(db, "unkeyed", add_template(db), None)
+    sheet_id = add_sheet(db, batch_id, 1, [A("q1", "AB", **MULTI_UNRESOLVED)])
+    db.execute("UPDATE sheets SET score = 5 WHERE id = %s", (sheet_id,))
+
+    rescore(db, [sheet_id])
+
+    assert sheet_score(db, sheet_id) is None
+    assert sheet_flags(db, sheet_id) == {"MULTI_MARK": 1, "NEEDS_REVIEW": 1}
+
+
+def test_procedure_leaves_other_sheets_identical(
+    db: psycopg.Connection, keyed_batch: int
+) -> None:
+    targets = [
+        add_sheet(db, keyed_batch, n, case[1]) for n, case in enumerate(CASES, 1)
+    ]
+    others = [
+        add_sheet(db, keyed_batch, 100 + n, [A("q1", "", reason="blank")])
+        for n in range(3)
+    ]
+    # Stale values the procedure would change if it touched these sheets.
+    db.execute("UPDATE sheets SET score = 77 WHERE id = ANY(%s)", (others,))
+    db.execute(
+        "INSERT INTO sheet_flags (sheet_id, flag, count)"
+        " SELECT id, 'MULTI_MARK', 9 FROM sheets WHERE id = ANY(%s)",
+        (others,),
+    )
+    before = snapshot_other_sheets(db, targets)
+
+    rescore(db, targets)
+
+    assert snapshot_other_sheets(db, targets) == before
+
+
+def test_procedure_twice_gives_same_result(
+    db: psycopg.Connection, keyed_batch: int
+) -> None:
+    sheet_ids = [
+        add_sheet(db, keyed_batch, n, case[1]) for n, case in enumerate(CASES, 1)
+    ]
+    rescore(db, sheet_ids)
+    first = [(sheet_score(db, s), sheet_flags(db, s)) for s in sheet_ids]
+
+    rescore(db, sheet_ids)
+
+    assert [(sheet_score(db, s), sheet_flags(db, s)) for s in sheet_ids] == first
+
+
+def test_procedure_ignores_unknown_ids(
+    db: psycopg.Connection, keyed_batch: int
+) -> None:
+    sheet_id = add_sheet(db, keyed_batch, 1, [A("q1", "B")])
+
+    assert rescore(db, [sheet_id, 987654321, -5]) == 1
+    assert rescore(db, [987654321]) == 0
+    assert rescore(db, []) == 0
+    assert sheet_score(db, sheet_id) == pytest.approx(4.0)
+
+
+def test_procedure_replaces_stale_flags(
+    db: psycopg.Connection, keyed_batch: int
+) -> None:
+    sheet_id = add_sheet(db, keyed_batch, 1, [A("q1", "AB", **MULTI_UNRESOLVED)])
+    rescore(db, [sheet_id])
+    db.execute(
+        "UPDATE omr_answers SET answer_raw = 'B', answer_corrected = 'B',"
+        " reason = 'clear', needs_review = false WHERE sheet_id = %s",
+        (sheet_id,),
+    )
+
+    rescore(db, [sheet_id])
+
+    assert sheet_flags(db, sheet_id) == {}
+    assert sheet_score(db, sheet_id) == pytest.approx(4.0 + 0 + 0 + 0)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "CALL REPROCESS_SHEET_SURGICAL(%s::bigint[])",
+        "CALL reprocess_sheet_surgical(%s::bigint[])",
+        "CALL reprocess_sheet_surgical(sheet_ids => %s::bigint[])",
+    ],
+)
+def test_procedure_resolves_under_both_spellings(
+    db: psycopg.Connection, keyed_batch: int, statement: str
+) -> None:
+    sheet_id = add_sheet(db, keyed_batch, 1, [A("q1", "B")])
+
+    row = db.execute(statement, ([sheet_id],)).fetchone()
+
+    assert row == (1,)
