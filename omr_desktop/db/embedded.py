@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 import sys
 import time
@@ -272,8 +273,6 @@ class EmbeddedServer:
             f"{binaries.source}-{binaries.version}"
         )
         if not (target / "bin").is_dir():
-            import shutil
-
             logger.info("Copying %s to %s for the server's account", install_dir,
                         target)
             partial = target.with_name(target.name + ".partial")

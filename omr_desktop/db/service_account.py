@@ -8,6 +8,7 @@ then belong to that user and every folder above them must be searchable by it.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import shutil
@@ -144,8 +145,6 @@ def service_account() -> ServiceAccount:
 
 def _current_user_name() -> str:
     try:
-        import getpass
-
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"

@@ -1,0 +1,137 @@
+"""Schema migrations on a real PostgreSQL: from empty, again, and refusals."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from omr_desktop.db.migrate import (
+    MigrationError,
+    SchemaNotMigratedError,
+    SchemaTooNewError,
+    available_migrations,
+    check_schema,
+    latest_version,
+    migrate,
+    schema_version,
+)
+
+pytestmark = pytest.mark.db
+
+
+def test_migrate_from_empty_applies_all(empty_db_conninfo: str) -> None:
+    with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
+        applied = migrate(conn)
+
+        assert [m.version for m in applied] == [
+            m.version for m in available_migrations()
+        ]
+        assert schema_version(conn) == latest_version()
+        assert check_schema(conn) == latest_version()
+
+
+def test_migrate_again_applies_nothing(db: psycopg.Connection) -> None:
+    before = db.execute("SELECT version, applied_at FROM schema_migrations").fetchall()
+
+    assert migrate(db) == []
+    assert db.execute(
+        "SELECT version, applied_at FROM schema_migrations"
+    ).fetchall() == before
+
+
+def test_migrate_seeds_builtin_profiles(db: psycopg.Connection) -> None:
+    rows = db.execute("SELECT id, name FROM profiles ORDER BY id").fetchall()
+
+    assert rows == [(1, "Default"), (2, "Sensitive"), (3, "Strict")]
+
+
+def test_omr_answers_has_fillfactor_below_100(db: psycopg.Connection) -> None:
+    row = db.execute(
+        "SELECT reloptions FROM pg_class WHERE relname = 'omr_answers'"
+    ).fetchone()
+
+    assert row is not None
+    assert "fillfactor=70" in row[0]
+
+
+def test_newer_database_is_rejected(db: psycopg.Connection) -> None:
+    db.execute(
+        "INSERT INTO schema_migrations (version, name, checksum)"
+        " VALUES (9999, 'from_the_future', 'x')"
+    )
+
+    with pytest.raises(SchemaTooNewError, match="version 9999.*newer OMR Desktop"):
+        migrate(db)
+    with pytest.raises(SchemaTooNewError):
+        check_schema(db)
+
+
+def test_edited_migration_is_detected(db: psycopg.Connection) -> None:
+    db.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+
+    with pytest.raises(MigrationError, match="0001_schema.sql was changed"):
+        migrate(db)
+
+
+def test_pending_migration_is_reported(
+    empty_db_conninfo: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    first = available_migrations()[0]
+    shutil.copy(first.path, folder / first.path.name)
+    with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
+        migrate(conn, folder)
+
+        with pytest.raises(SchemaNotMigratedError, match="omr-desktop db migrate"):
+            check_schema(conn)
+
+
+def test_failed_migration_leaves_no_trace(
+    empty_db_conninfo: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001_good.sql").write_text("CREATE TABLE good (id int);")
+    (folder / "0002_bad.sql").write_text(
+        "CREATE TABLE half_done (id int);\nSELECT 1/0;"
+    )
+    with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            migrate(conn, folder)
+
+        assert schema_version(conn) == 1
+        assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
+
+
+def test_bad_migration_file_name_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "1_missing_digits.sql").write_text("SELECT 1;")
+
+    with pytest.raises(MigrationError, match="1_missing_digits.sql"):
+        available_migrations(tmp_path)
+
+
+def test_concurrent_migrations_apply_each_once(empty_db_conninfo: str) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
+                migrate(conn)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    with psycopg.connect(empty_db_conninfo) as conn:
+        rows = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
+    assert rows == (len(available_migrations()),)
