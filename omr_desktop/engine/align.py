@@ -1,0 +1,159 @@
+"""Find a small per-block shift that puts the template's boxes on the marks.
+
+Template coordinates are often a few pixels off the printed bubbles, and a
+scan can be shifted by a few pixels more; OMRChecker's own Sandeep-1507
+sample drifts by about half a bubble at the bottom of the page. For each
+block, every shift within the search range is scored by how much the
+darkest bubble of each field stands out from the field's mean (box means
+from one integral image), and the best shift is kept when it beats no shift
+clearly. A blank block has no contrast to gain and stays where it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from omr_desktop.engine.layout import FieldLayout
+
+# A shift must raise the block's contrast by this fraction over no shift;
+# below it the gain is noise and moving would only risk neighbour bubbles.
+_MIN_GAIN = 0.15
+# Reduced bubbles are about this many pixels across, enough to place a
+# box within a pixel or two of the page at a fraction of the cost.
+_REDUCED_BUBBLE_PX = 8
+
+
+@dataclass(frozen=True)
+class ShiftSearch:
+    """Precomputed candidate shifts for one template.
+
+    Attributes:
+        scale: Page px per reduced px.
+        shifts: (n_shifts, 2) int, candidate (dx, dy) in reduced px; row 0
+            is (0, 0).
+        corners: (n_bubbles, 4) int, x1, y1, x2, y2 of each box, reduced px.
+        limit: (n_blocks,) int, the largest shift allowed per block.
+    """
+
+    scale: int
+    shifts: npt.NDArray[np.intp]
+    corners: npt.NDArray[np.intp]
+    limit: npt.NDArray[np.intp]
+
+
+def _block_spacing(layout: FieldLayout, block: int) -> float:
+    """Return the smallest centre distance between bubbles of one block, px."""
+    members = np.flatnonzero(layout.bubble_block == block)
+    centres = layout.boxes[members, :2] + layout.boxes[members, 2:] / 2.0
+    if len(centres) < 2:
+        return float(layout.boxes[members, 2:].max()) * 2.0
+    # Neighbours in template order are the nearest along a field; the gap
+    # to the next field is checked by sorting on each axis.
+    gaps = [np.abs(np.diff(np.sort(centres[:, axis]))) for axis in (0, 1)]
+    positive = np.concatenate([g[g > 0.5] for g in gaps])
+    return float(positive.min()) if positive.size else float(layout.boxes[:, 2].max())
+
+
+def build_shift_search(
+    layout: FieldLayout, search: float, page_shape: tuple[int, int]
+) -> ShiftSearch:
+    """Prepare the search for shifts up to ``search`` bubble sizes.
+
+    Each block's limit is also kept under 0.3 of its bubble spacing, so a
+    box never reaches the next bubble's mark.
+    """
+    bubble_px = float(np.median(layout.boxes[:, 2:].max(axis=1)))
+    scale = max(1, int(bubble_px // _REDUCED_BUBBLE_PX))
+    n_blocks = len(layout.block_names)
+    limit_px = [
+        min(search * bubble_px, 0.3 * _block_spacing(layout, b))
+        for b in range(n_blocks)
+    ]
+    limit = np.array([int(v // scale) for v in limit_px], dtype=np.intp)
+    radius = int(limit.max()) if n_blocks else 0
+    steps = np.arange(-radius, radius + 1)
+    dx, dy = np.meshgrid(steps, steps)
+    order = np.argsort(np.abs(dx).ravel() + np.abs(dy).ravel(), kind="stable")
+    shifts = np.stack([dx.ravel()[order], dy.ravel()[order]], axis=1).astype(np.intp)
+
+    x, y, w, h = (layout.boxes / scale).T
+    height, width = page_shape[0] // scale, page_shape[1] // scale
+    corners = np.stack(
+        [
+            np.clip(np.round(x), 0, width - 1),
+            np.clip(np.round(y), 0, height - 1),
+            np.clip(np.round(x + w), 1, width),
+            np.clip(np.round(y + h), 1, height),
+        ],
+        axis=1,
+    ).astype(np.intp)
+    return ShiftSearch(scale, shifts, corners, limit)
+
+
+def find_block_shifts(
+    image: npt.NDArray[np.uint8], layout: FieldLayout, search: ShiftSearch
+) -> npt.NDArray[np.intp]:
+    """Return the best (dx, dy) per block in page px, shape (n_blocks, 2).
+
+    ``image`` is the toned uint8 page, shape (page_height, page_width).
+    """
+    n_blocks = len(layout.block_names)
+    if search.shifts.shape[0] == 1:
+        return np.zeros((n_blocks, 2), dtype=np.intp)
+    scale = search.scale
+    reduced = image
+    if scale > 1:
+        size = (image.shape[1] // scale, image.shape[0] // scale)
+        reduced = np.asarray(
+            cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8
+        )
+    integral = np.asarray(cv2.integral(reduced), dtype=np.int32)
+    means = _box_means(integral, search)
+    score = _block_contrast(means, layout, n_blocks)
+
+    allowed = np.abs(search.shifts).max(axis=1)[:, None] <= search.limit[None, :]
+    score = np.where(allowed, score, -np.inf)
+    best = np.argmax(score, axis=0)
+    base = score[0]
+    gain = score[best, np.arange(n_blocks)] - base
+    keep = gain > _MIN_GAIN * np.maximum(base, 1.0)
+    chosen = np.where(keep, best, 0)
+    return search.shifts[chosen] * scale
+
+
+def _box_means(
+    integral: npt.NDArray[np.int32], search: ShiftSearch
+) -> npt.NDArray[np.float64]:
+    """Return mean grey of every box at every shift, shape (n_shifts, n_bubbles)."""
+    height, width = integral.shape[0] - 1, integral.shape[1] - 1
+    x1, y1, x2, y2 = search.corners.T
+    dx = search.shifts[:, 0:1]
+    dy = search.shifts[:, 1:2]
+    sx1 = np.clip(x1[None, :] + dx, 0, width - 1)
+    sx2 = np.clip(x2[None, :] + dx, 1, width)
+    sy1 = np.clip(y1[None, :] + dy, 0, height - 1)
+    sy2 = np.clip(y2[None, :] + dy, 1, height)
+    total = (
+        integral[sy2, sx2].astype(np.float64)
+        - integral[sy1, sx2]
+        - integral[sy2, sx1]
+        + integral[sy1, sx1]
+    )
+    return np.asarray(total / ((sx2 - sx1) * (sy2 - sy1)), dtype=np.float64)
+
+
+def _block_contrast(
+    means: npt.NDArray[np.float64], layout: FieldLayout, n_blocks: int
+) -> npt.NDArray[np.float64]:
+    """Sum per block of (field mean - field minimum), shape (n_shifts, n_blocks)."""
+    grid = means[:, layout.index]
+    valid = layout.valid[None, :, :]
+    field_min = np.where(valid, grid, np.inf).min(axis=2)
+    field_mean = np.where(valid, grid, 0.0).sum(axis=2) / layout.counts[None, :]
+    contrast = field_mean - field_min
+    one_hot = layout.field_block[:, None] == np.arange(n_blocks)[None, :]
+    return np.asarray(contrast @ one_hot.astype(np.float64), dtype=np.float64)

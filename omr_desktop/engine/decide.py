@@ -1,0 +1,362 @@
+"""Turn measured bubble fills into answers with a confidence and a reason.
+
+`decide` needs only the fills, so a change of decision settings is applied
+to stored fills without decoding images again (the re-decide path).
+
+Per field, in numpy over all fields at once (`_FieldDecisions`):
+
+- Background: the faintest bubble of the field, but no darker than the
+  sheet's background plus `BACKGROUND_MARGIN`, so a field whose bubbles
+  are all filled still reads as all filled. Fields of one or two bubbles
+  have no useful faintest bubble (one bubble is its own minimum), so they
+  fall back to the sheet-level background, the 25th percentile of all
+  fills.
+- A bubble is marked when its fill minus the background reaches
+  ``min_fill``.
+- Confidence is the smallest of the distances, each divided by its band
+  and clipped to [0, 1]: faintest mark above ``min_fill``, darkest
+  unmarked bubble below it, the jump between them above ``min_jump``, and
+  for a multi-mark resolved to its darkest bubble, the gap above
+  ``multi_mark_gap``. So 1.0 is far from every threshold and 0 is on one.
+
+Reason codes, first match wins:
+
+- ``multi_mark``: two or more bubbles marked.
+- ``near_threshold``: a mark, or the jump between marks and blanks, lies
+  within the uncertain band, so confidence is below the review threshold.
+- ``light_mark``: a mark fainter than ``solid_fill``, or an unmarked
+  bubble above the erasure band (a faint mark the profile left blank).
+- ``near_threshold`` again: any other confidence below review.
+- ``erased``: an unmarked bubble lies in the erasure band.
+- ``clear``: one mark, nothing doubtful. ``blank``: no mark, nothing seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from omr_desktop.engine.layout import FieldLayout, field_layout
+from omr_desktop.engine.profile import DecisionSettings
+from omr_desktop.engine.template import FieldKind, Template
+
+REASONS = ("clear", "light_mark", "multi_mark", "near_threshold", "erased", "blank")
+MULTI_MARK_MARKER = "*"
+
+# The sheet background is the 25th percentile of all fills: on a sheet with
+# one mark in four or more bubbles per field it is a blank bubble's fill.
+# Capped, so a sheet that is mostly marked still has a paper-like background.
+_SHEET_BACKGROUND_QUANTILE = 0.25
+_SHEET_BACKGROUND_CAP = 0.25
+# A field's faintest bubble may sit this far above the sheet background
+# (a tinted box, shading) and still count as that field's background.
+BACKGROUND_MARGIN = 0.2
+# Reasons by severity, used when several fields join into one column.
+_SEVERITY = {
+    r: i
+    for i, r in enumerate(
+        ("multi_mark", "near_threshold", "light_mark", "erased", "clear", "blank")
+    )
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The reading of one question output column.
+
+    Attributes:
+        question: Output column name.
+        answer_raw: Marked values joined in bubble order; "" for no mark.
+        answer_corrected: The profile's reading: a multi-mark becomes its
+            darkest value or ``*``; "" for no mark.
+        confidence_score: 0 on a threshold, 1 far from every threshold.
+        reason: One of `REASONS`.
+        needs_review: Confidence below the review threshold, an unresolved
+            multi-mark, or a question of an entirely blank block.
+        fills: The column's bubble fills in bubble order.
+        empty_value: What OMRChecker's CSV writes for an unmarked field.
+    """
+
+    question: str
+    answer_raw: str
+    answer_corrected: str
+    confidence_score: float
+    reason: str
+    needs_review: bool
+    fills: tuple[float, ...]
+    empty_value: str = ""
+
+    @property
+    def output_value(self) -> str:
+        """The raw answer as OMRChecker's results CSV writes it."""
+        return self.answer_raw or self.empty_value
+
+
+@dataclass(frozen=True)
+class SheetReading:
+    """Everything read from one sheet.
+
+    Attributes:
+        answers: One per question output column, in output order.
+        identifiers: Identifier column to its value; an unmarked digit
+            contributes its field's empty value, as in OMRChecker's CSV.
+        blank_sheet: No bubble on the sheet is marked.
+        fills: float32 (n_bubbles,), in template order.
+        measurement_hash: Hash of the measurement settings behind ``fills``;
+            "" when the fills came from elsewhere.
+        blank_blocks: Names of question blocks with no mark at all.
+        identifiers_in_doubt: Identifier columns with a multi-marked field.
+        marked: bool (n_bubbles,), which bubbles this decision counted as
+            marked, in template order.
+    """
+
+    answers: tuple[Answer, ...]
+    identifiers: Mapping[str, str]
+    blank_sheet: bool
+    fills: npt.NDArray[np.float32] = field(repr=False)
+    measurement_hash: str = ""
+    blank_blocks: tuple[str, ...] = ()
+    identifiers_in_doubt: tuple[str, ...] = ()
+    marked: npt.NDArray[np.bool_] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.bool_), repr=False
+    )
+
+    def output_row(self) -> dict[str, str]:
+        """Return column to value as in OMRChecker's results CSV."""
+        row = dict(self.identifiers)
+        row.update({a.question: a.output_value for a in self.answers})
+        return row
+
+
+@dataclass(frozen=True)
+class _FieldDecisions:
+    """Per-field arrays, shape (n_fields,) unless noted."""
+
+    marked: npt.NDArray[np.bool_]  # (n_fields, max_bubbles)
+    n_marked: npt.NDArray[np.intp]
+    resolved: npt.NDArray[np.bool_]
+    darkest: npt.NDArray[np.intp]
+    confidence: npt.NDArray[np.float64]
+    reason: npt.NDArray[np.str_]
+    needs_review: npt.NDArray[np.bool_]
+
+
+def sheet_background(fills: npt.NDArray[np.float32]) -> float:
+    """Return the sheet-level background fill (see module docstring)."""
+    if fills.size == 0:
+        return 0.0
+    level = float(np.quantile(fills, _SHEET_BACKGROUND_QUANTILE))
+    return min(level, _SHEET_BACKGROUND_CAP)
+
+
+def _relative_fills(
+    fills: npt.NDArray[np.float32], layout: FieldLayout
+) -> npt.NDArray[np.float64]:
+    """Return fills minus each field's background, NaN for padding."""
+    grid = np.where(layout.valid, fills[layout.index].astype(np.float64), np.nan)
+    sheet_bg = sheet_background(fills)
+    field_min = np.nanmin(grid, axis=1)
+    # One or two bubbles: a per-field minimum says nothing (a single mark
+    # would be its own background), so the sheet-level background is used.
+    own = np.minimum(field_min, sheet_bg + BACKGROUND_MARGIN)
+    background = np.where(layout.counts >= 3, own, sheet_bg)
+    return grid - background[:, None]
+
+
+def _unit(distance: npt.NDArray[np.float64], band: float) -> npt.NDArray[np.float64]:
+    return np.clip(distance / band, 0.0, 1.0)
+
+
+def _decide_fields(
+    rel: npt.NDArray[np.float64], layout: FieldLayout, d: DecisionSettings
+) -> _FieldDecisions:
+    valid = layout.valid
+    marked = valid & (np.nan_to_num(rel, nan=-1.0) >= d.min_fill)
+    n_marked = marked.sum(axis=1)
+    unmarked = valid & ~marked
+    has_mark, has_unmarked = n_marked > 0, unmarked.any(axis=1)
+    weakest = np.where(marked, rel, np.inf).min(axis=1)
+    strongest_blank = np.where(unmarked, rel, -np.inf).max(axis=1)
+
+    ranked = np.sort(np.where(valid, rel, -np.inf), axis=1)
+    gap = ranked[:, -1] - (ranked[:, -2] if ranked.shape[1] > 1 else -np.inf)
+    darkest = np.argmax(np.where(valid, rel, -np.inf), axis=1)
+    resolved = (
+        (n_marked >= 2) & (gap >= d.multi_mark_gap) & (d.multi_mark_policy == "darkest")
+    )
+
+    c_mark = np.where(has_mark, _unit(weakest - d.min_fill, d.uncertain_above), 1.0)
+    c_blank = np.where(
+        has_unmarked, _unit(d.min_fill - strongest_blank, d.uncertain_below), 1.0
+    )
+    use_jump = has_mark & has_unmarked & (layout.counts >= 3)
+    jump = np.where(use_jump, weakest - strongest_blank, np.inf)
+    c_jump = np.where(use_jump, _unit(jump - d.min_jump, d.uncertain_above), 1.0)
+    c_gap = np.where(resolved, _unit(gap - d.multi_mark_gap, d.uncertain_above), 1.0)
+    confidence = np.minimum.reduce([c_mark, c_blank, c_jump, c_gap])
+
+    low = confidence < d.review_threshold
+    marked_side_low = np.minimum(c_mark, c_jump) < d.review_threshold
+    light = has_mark & (weakest < d.solid_fill)
+    faint = has_unmarked & (strongest_blank > d.erased_high)
+    erased = has_unmarked & (strongest_blank >= d.erased_low) & ~faint
+    reason = np.select(
+        [n_marked >= 2, marked_side_low, light | faint, low, erased, has_mark],
+        [
+            "multi_mark",
+            "near_threshold",
+            "light_mark",
+            "near_threshold",
+            "erased",
+            "clear",
+        ],
+        default="blank",
+    )
+    unresolved = (n_marked >= 2) & ~resolved
+    return _FieldDecisions(
+        marked=marked,
+        n_marked=n_marked,
+        resolved=resolved,
+        darkest=darkest,
+        confidence=confidence,
+        reason=reason,
+        needs_review=low | unresolved,
+    )
+
+
+def _blank_blocks(
+    template: Template, layout: FieldLayout, fd: _FieldDecisions
+) -> npt.NDArray[np.bool_]:
+    """Return per block whether every question field in it is blank."""
+    is_question = np.array([f.kind is FieldKind.QUESTION for f in template.fields])
+    n_blocks = len(layout.block_names)
+    one_hot = layout.field_block[:, None] == np.arange(n_blocks)[None, :]
+    questions = (one_hot & is_question[:, None]).sum(axis=0)
+    seen = (fd.n_marked > 0) | (fd.reason == "light_mark")
+    with_marks = (one_hot & (is_question & seen)[:, None]).sum(axis=0)
+    return np.asarray((questions > 0) & (with_marks == 0), dtype=np.bool_)
+
+
+def _field_strings(
+    template: Template, fd: _FieldDecisions, policy: str
+) -> tuple[list[str], list[str]]:
+    raws: list[str] = []
+    corrected: list[str] = []
+    for i, fld in enumerate(template.fields):
+        values = [fld.bubbles[j].value for j in np.flatnonzero(fd.marked[i])]
+        raw = "".join(values)
+        raws.append(raw)
+        if len(values) < 2 or policy == "all":
+            corrected.append(raw)
+        elif fd.resolved[i]:
+            corrected.append(fld.bubbles[int(fd.darkest[i])].value)
+        else:
+            corrected.append(MULTI_MARK_MARKER)
+    return raws, corrected
+
+
+def _join(parts: Sequence[str], empties: Sequence[str]) -> str:
+    """Join a column's field strings; unmarked fields give their empty value."""
+    if len(parts) == 1:
+        return parts[0]
+    if not any(parts):
+        return ""
+    return "".join(p or e for p, e in zip(parts, empties, strict=True))
+
+
+def decide(
+    fills: npt.NDArray[np.float32], template: Template, decision: DecisionSettings
+) -> SheetReading:
+    """Decide every answer of a sheet from its bubble fills alone.
+
+    ``fills`` is float32 (n_bubbles,) in template order, as returned by
+    `omr_desktop.engine.measure.measure_fills` or loaded from storage.
+    Safe to call from several threads.
+
+    Raises:
+        ValueError: ``fills`` does not have one value per template bubble.
+    """
+    fills = np.asarray(fills, dtype=np.float32)
+    if fills.shape != (template.n_bubbles,):
+        raise ValueError(
+            f"fills must have shape ({template.n_bubbles},), got {fills.shape}"
+        )
+    layout = field_layout(template)
+    fd = _decide_fields(_relative_fills(fills, layout), layout, decision)
+    blank_blocks = _blank_blocks(template, layout, fd)
+    flagged = blank_blocks[layout.field_block] & decision.flag_blank_blocks
+    raws, corrected = _field_strings(template, fd, decision.multi_mark_policy)
+    position = {f.label: i for i, f in enumerate(template.fields)}
+    starts = np.concatenate([[0], np.cumsum(layout.counts)])
+
+    answers = []
+    for column in template.question_columns:
+        members = [position[label] for label in template.column_fields(column)]
+        answers.append(
+            _column_answer(
+                column, members, template, fd, raws, corrected, flagged, fills, starts
+            )
+        )
+    identifiers, doubtful = _identifiers(template, position, raws, fd)
+    return SheetReading(
+        answers=tuple(answers),
+        identifiers=identifiers,
+        blank_sheet=not bool(fd.n_marked.any()),
+        fills=fills,
+        blank_blocks=tuple(
+            name
+            for name, blank in zip(layout.block_names, blank_blocks, strict=True)
+            if blank
+        ),
+        identifiers_in_doubt=doubtful,
+        marked=fd.marked[layout.valid],
+    )
+
+
+def _column_answer(
+    column: str,
+    members: Sequence[int],
+    template: Template,
+    fd: _FieldDecisions,
+    raws: Sequence[str],
+    corrected: Sequence[str],
+    flagged: npt.NDArray[np.bool_],
+    fills: npt.NDArray[np.float32],
+    starts: npt.NDArray[np.intp],
+) -> Answer:
+    empties = [template.fields[i].empty_value for i in members]
+    reasons = [str(fd.reason[i]) for i in members]
+    column_fills: list[float] = []
+    for i in members:
+        column_fills.extend(fills[starts[i] : starts[i + 1]].tolist())
+    return Answer(
+        question=column,
+        answer_raw=_join([raws[i] for i in members], empties),
+        answer_corrected=_join([corrected[i] for i in members], empties),
+        confidence_score=float(min(fd.confidence[i] for i in members)),
+        reason=min(reasons, key=_SEVERITY.__getitem__),
+        needs_review=any(bool(fd.needs_review[i] or flagged[i]) for i in members),
+        fills=tuple(column_fills),
+        empty_value=empties[0] if len(members) == 1 else "",
+    )
+
+
+def _identifiers(
+    template: Template,
+    position: Mapping[str, int],
+    raws: Sequence[str],
+    fd: _FieldDecisions,
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    values: dict[str, str] = {}
+    doubtful: list[str] = []
+    for column in template.identifier_columns:
+        members = [position[label] for label in template.column_fields(column)]
+        values[column] = "".join(
+            raws[i] or template.fields[i].empty_value for i in members
+        )
+        if any(fd.n_marked[i] >= 2 for i in members):
+            doubtful.append(column)
+    return values, tuple(doubtful)
