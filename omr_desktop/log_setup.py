@@ -17,6 +17,8 @@ LOG_FILE_NAME = "omr-desktop.log"
 MAX_LOG_BYTES = 5 * 1024 * 1024
 BACKUP_COUNT = 5
 
+_MARKER = "omr_desktop_handler"
+
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -29,8 +31,12 @@ def configure_logging(level_name: str, folder: Path) -> Path | None:
     """
     root = logging.getLogger()
     root.setLevel(level_name)
+    # Replace only the handlers a previous call added, so that calling this
+    # twice (as tests do) neither duplicates output nor drops other handlers.
     for handler in list(root.handlers):
-        root.removeHandler(handler)
+        if getattr(handler, _MARKER, False):
+            root.removeHandler(handler)
+            handler.close()
 
     console = logging.StreamHandler(sys.stderr)
     # The console shows warnings and errors unless the user asked for more;
@@ -40,6 +46,7 @@ def configure_logging(level_name: str, folder: Path) -> Path | None:
     # A record logged with extra={"console": False} was already shown to the
     # user in another form; it goes to the file only.
     console.addFilter(lambda record: getattr(record, "console", True))
+    setattr(console, _MARKER, True)
     root.addHandler(console)
 
     path = folder / LOG_FILE_NAME
@@ -56,5 +63,6 @@ def configure_logging(level_name: str, folder: Path) -> Path | None:
         )
         return None
     file_handler.setFormatter(logging.Formatter(_FORMAT))
+    setattr(file_handler, _MARKER, True)
     root.addHandler(file_handler)
     return path

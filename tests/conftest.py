@@ -126,3 +126,16 @@ def db(db_conninfo: str) -> Iterator[psycopg.Connection]:
     """Return an autocommit connection to this test's own migrated database."""
     with psycopg.connect(db_conninfo, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture(autouse=True)
+def _close_app_log_handlers() -> Iterator[None]:
+    """Close the log handlers a command run added, so no test leaks a file."""
+    yield
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "omr_desktop_handler", False):
+            root.removeHandler(handler)
+            handler.close()
