@@ -1,0 +1,87 @@
+"""Time the engine on demo sheets: decode, measure, decide, and 2 threads.
+
+Usage: ``python benchmarks/engine_speed.py [--sheets N] [--threads T]``.
+Renders N demo sheets (150 questions x 5 options, JPEG) into a temporary
+folder, then reports per-sheet milliseconds for each step and sheets per
+second for read_sheet on T threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from omr_desktop.engine import BUILTIN_PROFILES, decide, measure_fills, read_sheet
+from omr_desktop.engine.image import load_sheet_image
+from omr_desktop.engine.synthetic import demo_template, random_truth, render_sheet
+
+
+def _median_ms(action: Callable[[Path], object], paths: list[Path]) -> float:
+    times = []
+    for path in paths:
+        start = time.perf_counter()
+        action(path)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> int:
+    """Render the sheets, time each step and print the results."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sheets", type=int, default=200, help="sheets to render")
+    parser.add_argument("--threads", type=int, default=2, help="reader threads")
+    args = parser.parse_args()
+    template = demo_template()
+    settings = BUILTIN_PROFILES[1].settings
+    rng = np.random.default_rng(99)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        start = time.perf_counter()
+        for i in range(args.sheets):
+            data = render_sheet(template, random_truth(template, rng, "demo"), rng)
+            path = Path(folder) / f"sheet{i:05d}.jpg"
+            path.write_bytes(data)
+            paths.append(path)
+        render_s = time.perf_counter() - start
+        _report(template, settings, paths, args.threads, render_s)
+    return 0
+
+
+def _report(template, settings, paths, threads, render_s) -> None:  # type: ignore[no-untyped-def]
+    image = load_sheet_image(paths[0], template)
+    fills = measure_fills(image, template, settings.measurement)
+    flags = cv2.IMREAD_REDUCED_GRAYSCALE_2
+    rows = {
+        "render + encode (1 thread)": 1e3 * render_s / len(paths),
+        "bare decode, reduced": _median_ms(
+            lambda p: cv2.imdecode(np.fromfile(p, np.uint8), flags), paths
+        ),
+        "load_sheet_image": _median_ms(lambda p: load_sheet_image(p, template), paths),
+        "measure_fills": _median_ms(
+            lambda p: measure_fills(image, template, settings.measurement), paths
+        ),
+        "decide": _median_ms(
+            lambda p: decide(fills, template, settings.decision), paths
+        ),
+        "read_sheet": _median_ms(lambda p: read_sheet(p, template, settings), paths),
+    }
+    for name, ms in rows.items():
+        print(f"{name:28s} {ms:7.2f} ms per sheet")
+    with ThreadPoolExecutor(threads) as pool:
+        start = time.perf_counter()
+        list(pool.map(lambda p: read_sheet(p, template, settings), paths))
+        elapsed = time.perf_counter() - start
+    print(f"read_sheet on {threads} threads    {len(paths) / elapsed:7.1f} sheets/s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
