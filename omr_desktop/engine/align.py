@@ -24,7 +24,7 @@ from omr_desktop.engine.layout import FieldLayout
 _MIN_GAIN = 0.15
 # Reduced bubbles are about this many pixels across, enough to place a
 # box within a pixel or two of the page at a fraction of the cost.
-_REDUCED_BUBBLE_PX = 8
+_REDUCED_BUBBLE_PX = 7
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,26 @@ class ShiftSearch:
         scale: Page px per reduced px.
         shifts: (n_shifts, 2) int, candidate (dx, dy) in reduced px; row 0
             is (0, 0).
+        coarse: Rows of ``shifts`` tried first: every second step, and
+            (0, 0) as the first row.
         corners: (n_bubbles, 4) int, x1, y1, x2, y2 of each box, reduced px.
         limit: (n_blocks,) int, the largest shift allowed per block.
     """
 
     scale: int
     shifts: npt.NDArray[np.intp]
+    coarse: npt.NDArray[np.intp]
     corners: npt.NDArray[np.intp]
     limit: npt.NDArray[np.intp]
+
+
+def reduced_scale(bubble_px: float) -> int:
+    """Return the page px per reduced px for bubbles of ``bubble_px``.
+
+    Measuring uses one reduced page for both the paper level and this
+    search, so both use this scale.
+    """
+    return max(1, int(bubble_px // _REDUCED_BUBBLE_PX))
 
 
 def _block_spacing(layout: FieldLayout, block: int) -> float:
@@ -67,7 +79,7 @@ def build_shift_search(
     box never reaches the next bubble's mark.
     """
     bubble_px = float(np.median(layout.boxes[:, 2:].max(axis=1)))
-    scale = max(1, int(bubble_px // _REDUCED_BUBBLE_PX))
+    scale = reduced_scale(bubble_px)
     n_blocks = len(layout.block_names)
     limit_px = [
         min(search * bubble_px, 0.3 * _block_spacing(layout, b))
@@ -79,9 +91,11 @@ def build_shift_search(
     dx, dy = np.meshgrid(steps, steps)
     order = np.argsort(np.abs(dx).ravel() + np.abs(dy).ravel(), kind="stable")
     shifts = np.stack([dx.ravel()[order], dy.ravel()[order]], axis=1).astype(np.intp)
+    on_grid = (shifts % 2 == 0).all(axis=1)
+    coarse = np.flatnonzero(on_grid).astype(np.intp)
 
     x, y, w, h = (layout.boxes / scale).T
-    height, width = page_shape[0] // scale, page_shape[1] // scale
+    height, width = -(-page_shape[0] // scale), -(-page_shape[1] // scale)
     corners = np.stack(
         [
             np.clip(np.round(x), 0, width - 1),
@@ -91,52 +105,77 @@ def build_shift_search(
         ],
         axis=1,
     ).astype(np.intp)
-    return ShiftSearch(scale, shifts, corners, limit)
+    return ShiftSearch(scale, shifts, coarse, corners, limit)
 
 
 def find_block_shifts(
-    image: npt.NDArray[np.uint8], layout: FieldLayout, search: ShiftSearch
+    reduced: npt.NDArray[np.uint8], layout: FieldLayout, search: ShiftSearch
 ) -> npt.NDArray[np.intp]:
     """Return the best (dx, dy) per block in page px, shape (n_blocks, 2).
 
-    ``image`` is the toned uint8 page, shape (page_height, page_width).
+    ``reduced`` is the toned page after `shrink_by` with ``search.scale``.
+    The search runs coarse to fine: every second shift first, then the
+    eight neighbours of each block's best coarse shift.
     """
     n_blocks = len(layout.block_names)
     if search.shifts.shape[0] == 1:
         return np.zeros((n_blocks, 2), dtype=np.intp)
-    scale = search.scale
-    reduced = image
-    if scale > 1:
-        size = (image.shape[1] // scale, image.shape[0] // scale)
-        reduced = np.asarray(
-            cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8
-        )
-    integral = np.asarray(cv2.integral(reduced), dtype=np.int32)
-    means = _box_means(integral, search)
-    score = _block_contrast(means, layout, n_blocks)
+    integral = np.asarray(cv2.integral(reduced), np.int32)
+    blocks = np.arange(n_blocks)
 
-    allowed = np.abs(search.shifts).max(axis=1)[:, None] <= search.limit[None, :]
-    score = np.where(allowed, score, -np.inf)
-    best = np.argmax(score, axis=0)
-    base = score[0]
-    gain = score[best, np.arange(n_blocks)] - base
+    coarse = search.shifts[search.coarse]
+    per_bubble = np.broadcast_to(
+        coarse[:, None, :], (len(coarse), len(layout.boxes), 2)
+    )
+    score = _scores(integral, search, layout, per_bubble, n_blocks)
+    base = score[0]  # coarse row 0 is no shift
+    best = coarse[np.argmax(score, axis=0)]  # (n_blocks, 2)
+
+    candidates = best[None, :, :] + _NEIGHBOURS[:, None, :]  # (9, n_blocks, 2)
+    fine = _scores(
+        integral, search, layout, candidates[:, layout.bubble_block], n_blocks
+    )
+    fine_best = np.argmax(fine, axis=0)
+    chosen = candidates[fine_best, blocks]
+    gain = fine[fine_best, blocks] - base
     keep = gain > _MIN_GAIN * np.maximum(base, 1.0)
-    chosen = np.where(keep, best, 0)
-    return search.shifts[chosen] * scale
+    return np.where(keep[:, None], chosen, 0) * search.scale
+
+
+_NEIGHBOURS = np.array(
+    [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=np.intp
+)
+
+
+def _scores(
+    integral: npt.NDArray[np.int32],
+    search: ShiftSearch,
+    layout: FieldLayout,
+    shifts: npt.NDArray[np.intp],
+    n_blocks: int,
+) -> npt.NDArray[np.float64]:
+    """Score per-bubble shifts (n_shifts, n_bubbles, 2); -inf beyond a limit."""
+    means = _box_means(integral, search.corners, shifts)
+    score = _block_contrast(means, layout, n_blocks)
+    reach = np.abs(shifts).max(axis=2)  # (n_shifts, n_bubbles)
+    first = np.searchsorted(layout.bubble_block, np.arange(n_blocks))
+    allowed = reach[:, first] <= search.limit[None, :]
+    return np.where(allowed, score, -np.inf)
 
 
 def _box_means(
-    integral: npt.NDArray[np.int32], search: ShiftSearch
+    integral: npt.NDArray[np.int32],
+    corners: npt.NDArray[np.intp],
+    shifts: npt.NDArray[np.intp],
 ) -> npt.NDArray[np.float64]:
-    """Return mean grey of every box at every shift, shape (n_shifts, n_bubbles)."""
+    """Return mean grey of every shifted box, shape (n_shifts, n_bubbles)."""
     height, width = integral.shape[0] - 1, integral.shape[1] - 1
-    x1, y1, x2, y2 = search.corners.T
-    dx = search.shifts[:, 0:1]
-    dy = search.shifts[:, 1:2]
-    sx1 = np.clip(x1[None, :] + dx, 0, width - 1)
-    sx2 = np.clip(x2[None, :] + dx, 1, width)
-    sy1 = np.clip(y1[None, :] + dy, 0, height - 1)
-    sy2 = np.clip(y2[None, :] + dy, 1, height)
+    x1, y1, x2, y2 = corners.T
+    dx, dy = shifts[..., 0], shifts[..., 1]
+    sx1 = np.clip(x1 + dx, 0, width - 1)
+    sx2 = np.clip(x2 + dx, 1, width)
+    sy1 = np.clip(y1 + dy, 0, height - 1)
+    sy2 = np.clip(y2 + dy, 1, height)
     total = (
         integral[sy2, sx2].astype(np.float64)
         - integral[sy1, sx2]

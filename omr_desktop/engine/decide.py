@@ -245,14 +245,19 @@ def _field_strings(
 ) -> tuple[list[str], list[str]]:
     raws: list[str] = []
     corrected: list[str] = []
-    for i, fld in enumerate(template.fields):
-        values = [fld.bubbles[j].value for j in np.flatnonzero(fd.marked[i])]
+    rows = fd.marked.tolist()
+    resolved = fd.resolved.tolist()
+    darkest = fd.darkest.tolist()
+    for fld, row, won, top in zip(
+        template.fields, rows, resolved, darkest, strict=True
+    ):
+        values = [b.value for b, hit in zip(fld.bubbles, row, strict=False) if hit]
         raw = "".join(values)
         raws.append(raw)
         if len(values) < 2 or policy == "all":
             corrected.append(raw)
-        elif fd.resolved[i]:
-            corrected.append(fld.bubbles[int(fd.darkest[i])].value)
+        elif won:
+            corrected.append(fld.bubbles[top].value)
         else:
             corrected.append(MULTI_MARK_MARKER)
     return raws, corrected
@@ -292,14 +297,24 @@ def decide(
     position = {f.label: i for i, f in enumerate(template.fields)}
     starts = np.concatenate([[0], np.cumsum(layout.counts)])
 
-    answers = []
-    for column in template.question_columns:
-        members = [position[label] for label in template.column_fields(column)]
-        answers.append(
-            _column_answer(
-                column, members, template, fd, raws, corrected, flagged, fills, starts
-            )
+    columns = _ColumnInputs(
+        raws=raws,
+        corrected=corrected,
+        confidence=fd.confidence.tolist(),
+        reasons=fd.reason.tolist(),
+        review=(fd.needs_review | flagged).tolist(),
+        fills=fills.tolist(),
+        starts=starts.tolist(),
+        empties=[f.empty_value for f in template.fields],
+    )
+    answers = [
+        _column_answer(
+            column,
+            [position[label] for label in template.column_fields(column)],
+            columns,
         )
+        for column in template.question_columns
+    ]
     identifiers, doubtful = _identifiers(template, position, raws, fd)
     return SheetReading(
         answers=tuple(answers),
@@ -316,31 +331,46 @@ def decide(
     )
 
 
-def _column_answer(
-    column: str,
-    members: Sequence[int],
-    template: Template,
-    fd: _FieldDecisions,
-    raws: Sequence[str],
-    corrected: Sequence[str],
-    flagged: npt.NDArray[np.bool_],
-    fills: npt.NDArray[np.float32],
-    starts: npt.NDArray[np.intp],
-) -> Answer:
-    empties = [template.fields[i].empty_value for i in members]
-    reasons = [str(fd.reason[i]) for i in members]
+@dataclass(frozen=True)
+class _ColumnInputs:
+    """Per-field results as Python lists, for building answers quickly."""
+
+    raws: list[str]
+    corrected: list[str]
+    confidence: list[float]
+    reasons: list[str]
+    review: list[bool]
+    fills: list[float]
+    starts: list[int]
+    empties: list[str]
+
+
+def _column_answer(column: str, members: Sequence[int], c: _ColumnInputs) -> Answer:
+    if len(members) == 1:
+        i = members[0]
+        return Answer(
+            question=column,
+            answer_raw=c.raws[i],
+            answer_corrected=c.corrected[i],
+            confidence_score=c.confidence[i],
+            reason=c.reasons[i],
+            needs_review=c.review[i],
+            fills=tuple(c.fills[c.starts[i] : c.starts[i + 1]]),
+            empty_value=c.empties[i],
+        )
+    empties = [c.empties[i] for i in members]
     column_fills: list[float] = []
     for i in members:
-        column_fills.extend(fills[starts[i] : starts[i + 1]].tolist())
+        column_fills.extend(c.fills[c.starts[i] : c.starts[i + 1]])
     return Answer(
         question=column,
-        answer_raw=_join([raws[i] for i in members], empties),
-        answer_corrected=_join([corrected[i] for i in members], empties),
-        confidence_score=float(min(fd.confidence[i] for i in members)),
-        reason=min(reasons, key=_SEVERITY.__getitem__),
-        needs_review=any(bool(fd.needs_review[i] or flagged[i]) for i in members),
+        answer_raw=_join([c.raws[i] for i in members], empties),
+        answer_corrected=_join([c.corrected[i] for i in members], empties),
+        confidence_score=min(c.confidence[i] for i in members),
+        reason=min((c.reasons[i] for i in members), key=_SEVERITY.__getitem__),
+        needs_review=any(c.review[i] for i in members),
         fills=tuple(column_fills),
-        empty_value=empties[0] if len(members) == 1 else "",
+        empty_value="",
     )
 
 

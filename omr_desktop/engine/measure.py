@@ -24,15 +24,21 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from omr_desktop.engine.align import ShiftSearch, build_shift_search, find_block_shifts
+from omr_desktop.engine.align import (
+    ShiftSearch,
+    build_shift_search,
+    find_block_shifts,
+    reduced_scale,
+)
+from omr_desktop.engine.image import shrink_by
 from omr_desktop.engine.layout import field_layout
 from omr_desktop.engine.profile import MeasurementSettings
 from omr_desktop.engine.template import Template, ToneSettings
 
-# Sample grid side per bubble, in points. 16 x 16 clipped to the ellipse is
-# about 200 points: enough for a stable quantile, and a 750-bubble sheet
-# stays near 150 000 samples.
-_MAX_GRID = 16
+# Sample grid side per bubble, in points. 12 x 12 clipped to the ellipse is
+# about 110 points: enough for a stable quantile (a 0.01 fill step is one
+# point), and a 750-bubble sheet stays near 85 000 samples.
+_MAX_GRID = 12
 _MIN_GRID = 4
 
 _CACHE_ATTR = "_measure_geometry_cache"
@@ -121,11 +127,8 @@ def _build_geometry(template: Template, measurement: MeasurementSettings) -> _Ge
     py = np.clip(py, 0, template.page_height - 1).astype(np.intp)
 
     bubble_px = float(np.median(np.maximum(w, h)))
-    scale = max(1, int(bubble_px // 4))
-    shape = (
-        max(1, template.page_height // scale),
-        max(1, template.page_width // scale),
-    )
+    scale = reduced_scale(bubble_px)
+    shape = (-(-template.page_height // scale), -(-template.page_width // scale))
     kernel = _odd(measurement.paper_window * bubble_px / scale)
     mx = np.clip((cx / scale).astype(np.intp), 0, shape[1] - 1)
     my = np.clip((cy / scale).astype(np.intp), 0, shape[0] - 1)
@@ -160,18 +163,15 @@ def _geometry(template: Template, measurement: MeasurementSettings) -> _Geometry
     return geometry
 
 
-def paper_map(
-    image: npt.NDArray[np.uint8], scale: int, shape: tuple[int, int], kernel: int
-) -> npt.NDArray[np.float32]:
-    """Estimate the paper grey level over the page, on a reduced grid.
+def paper_map(reduced: npt.NDArray[np.uint8], kernel: int) -> npt.NDArray[np.float32]:
+    """Estimate the paper grey level over a reduced page (`shrink_by`).
 
-    Returns float32 of ``shape`` (height, width), one value per ``scale`` x
-    ``scale`` page pixels. A closing (dilate, then erode) with a ``kernel``
-    square removes dark features narrower than the kernel but follows a
-    shading ramp exactly, so a page darkening from 235 to 150 grey keeps
-    its blank bubbles near fill 0.
+    Returns float32 of the same shape as ``reduced``. A closing (dilate,
+    then erode) with a ``kernel`` square removes dark features narrower
+    than the kernel but follows a shading ramp exactly, so a page
+    darkening from 235 to 150 grey keeps its blank bubbles near fill 0.
     """
-    small = cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    small = reduced
     element = cv2.getStructuringElement(cv2.MORPH_RECT, (kernel, kernel))
     closed = cv2.morphologyEx(small, cv2.MORPH_CLOSE, element)
     smooth = cv2.blur(closed, (3, 3))
@@ -179,13 +179,13 @@ def paper_map(
 
 
 def _sample_index(
-    toned: npt.NDArray[np.uint8], template: Template, geometry: _Geometry
+    reduced: npt.NDArray[np.uint8], template: Template, geometry: _Geometry
 ) -> npt.NDArray[np.intp]:
     """Return the flat sample indices, moved by each block's best shift."""
     if geometry.shift_search is None:
         return geometry.sample_index
     layout = field_layout(template)
-    shifts = find_block_shifts(toned, layout, geometry.shift_search)
+    shifts = find_block_shifts(reduced, layout, geometry.shift_search)
     if not shifts.any():
         return geometry.sample_index
     offset = shifts[layout.bubble_block]
@@ -215,12 +215,11 @@ def measure_fills(
         )
     geometry = _geometry(template, measurement)
     toned = apply_tone(image, effective_tone(template, measurement))
-    paper = paper_map(
-        toned, geometry.paper_scale, geometry.paper_shape, geometry.paper_kernel
-    )
+    reduced = shrink_by(toned, geometry.paper_scale)
+    paper = paper_map(reduced, geometry.paper_kernel)
     bubble_paper = paper.ravel()[geometry.paper_index]
 
-    index = _sample_index(toned, template, geometry)
+    index = _sample_index(reduced, template, geometry)
     samples = toned.ravel()[index]
     kth = int(measurement.fill_quantile * (samples.shape[1] - 1))
     grey = np.partition(samples, kth, axis=1)[:, kth].astype(np.float32)
