@@ -24,8 +24,8 @@
 --   ERASED_MARK     reason 'erased'
 --   BLANK_SHEET     every answer_raw is '' (count 1)
 --
--- Set-based: two statements over all the sheets at once, no loop, so it
--- scales with the index scans on omr_answers, not with round trips.
+-- Set-based: one statement for scores and one for flags over all the
+-- sheets at once, no loop and no per-row lookups.
 -- Unknown ids are ignored; calling it twice gives the same scores and flags.
 CREATE PROCEDURE reprocess_sheet_surgical(
     sheet_ids bigint[],
@@ -34,42 +34,60 @@ CREATE PROCEDURE reprocess_sheet_surgical(
 LANGUAGE plpgsql
 AS $procedure$
 BEGIN
+    -- Score = the blank points of every key question, plus, for each
+    -- answered key question, its points minus its blank points, so a key
+    -- question without an answer row counts as blank. One pass over the
+    -- answers with hash joins, whatever the number of sheets.
     WITH target AS (
         SELECT s.id AS sheet_id, b.answer_key_id
         FROM sheets s
         JOIN batches b ON b.id = s.batch_id
         WHERE s.id = ANY (sheet_ids)
     ),
-    marks AS (
-        SELECT t.sheet_id,
+    blank_totals AS (
+        SELECT i.answer_key_id,
+               sum(coalesce(i.points_blank, k.points_blank)) AS all_blank
+        FROM answer_key_items i
+        JOIN answer_keys k ON k.id = i.answer_key_id
+        WHERE i.answer_key_id IN (SELECT answer_key_id FROM target)
+        GROUP BY i.answer_key_id
+    ),
+    -- The answers join the key's tables directly rather than through a CTE:
+    -- with a CTE's guessed row count the planner probed the primary key once
+    -- per question, 4.0 s instead of 1.2 s for 7,109 sheets x 150 questions.
+    answered AS (
+        SELECT a.sheet_id,
                sum(CASE
-                       WHEN e.effective = ''
-                           THEN coalesce(i.points_blank, k.points_blank)
-                       WHEN e.effective = ANY (i.accepted)
-                           THEN coalesce(i.points_correct, k.points_correct)
+                       WHEN e.effective = '' THEN e.blank
+                       WHEN e.effective = ANY (i.accepted) THEN
+                           coalesce(i.points_correct, k.points_correct)
                        ELSE coalesce(i.points_wrong, k.points_wrong)
-                   END) AS score
-        FROM target t
-        JOIN answer_keys k ON k.id = t.answer_key_id
-        JOIN answer_key_items i ON i.answer_key_id = k.id
-        LEFT JOIN omr_answers a
-               ON a.sheet_id = t.sheet_id AND a.question = i.question
+                   END - e.blank) AS gain
+        FROM omr_answers a
+        JOIN sheets s ON s.id = a.sheet_id
+        JOIN batches b ON b.id = s.batch_id
+        JOIN answer_key_items i
+          ON i.answer_key_id = b.answer_key_id AND i.question = a.question
+        JOIN answer_keys k ON k.id = i.answer_key_id
         CROSS JOIN LATERAL (
             SELECT CASE
                        WHEN a.answer_corrected = '*' THEN a.answer_raw
-                       ELSE coalesce(a.answer_corrected, '')
-                   END AS effective
+                       ELSE a.answer_corrected
+                   END AS effective,
+                   coalesce(i.points_blank, k.points_blank) AS blank
         ) e
-        GROUP BY t.sheet_id
+        WHERE a.sheet_id = ANY (sheet_ids)
+        GROUP BY a.sheet_id
     )
     UPDATE sheets s
     SET score = CASE
                     WHEN t.answer_key_id IS NULL THEN NULL
-                    ELSE coalesce(m.score, 0)
+                    ELSE coalesce(bt.all_blank, 0) + coalesce(an.gain, 0)
                 END,
         scored_at = now()
     FROM target t
-    LEFT JOIN marks m ON m.sheet_id = t.sheet_id
+    LEFT JOIN blank_totals bt ON bt.answer_key_id = t.answer_key_id
+    LEFT JOIN answered an ON an.sheet_id = t.sheet_id
     WHERE s.id = t.sheet_id;
 
     GET DIAGNOSTICS rescored = ROW_COUNT;
