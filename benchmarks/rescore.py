@@ -116,7 +116,8 @@ def fill(conn: psycopg.Connection, sheets: int, questions: int) -> list[int]:
         "INSERT INTO answer_keys (name, points_correct, points_wrong)"
         " VALUES ('bench', 4, -1) RETURNING id"
     ).fetchone()
-    assert template and answer_key
+    assert template is not None
+    assert answer_key is not None
     with conn.cursor().copy(
         "COPY answer_key_items (answer_key_id, question, accepted) FROM STDIN"
     ) as copy:

@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Review and reprocess scanned OMR answer sheets. "
         "Without a command, opens the desktop application.",
     )
-    parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
     parser.add_argument(
         "--log-level",
         metavar="LEVEL",
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     from omr_desktop import cli_db
 
     cli_db.add_db_commands(commands)
+    from omr_desktop import cli_batches
+
+    cli_batches.add_batch_commands(commands)
     _add_optional_commands(commands)
     return parser
 
@@ -100,10 +104,9 @@ def _report_failure(exc: Exception, log_file: object) -> int:
         logger.error("%s", exc, extra={"console": False})
         print(f"error: {exc}", file=sys.stderr)
     else:
-        logger.exception("Unexpected error")
+        logger.error("Unexpected error", exc_info=exc)
         where = f" (traceback in {log_file})" if log_file else ""
-        print(f"error: unexpected {type(exc).__name__}: {exc}{where}",
-              file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {exc}{where}", file=sys.stderr)
     return EXIT_FAILED
 
 

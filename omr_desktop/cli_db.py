@@ -32,12 +32,10 @@ def add_db_commands(commands: argparse._SubParsersAction) -> None:  # type: igno
 
     cmd = sub.add_parser(
         "restore",
-        help="replace the database's contents with the backup FILE "
-        "(all or nothing)",
+        help="replace the database's contents with the backup FILE (all or nothing)",
     )
     cmd.add_argument("file", type=Path, metavar="FILE")
-    cmd.add_argument("--yes", action="store_true",
-                     help="do not ask for confirmation")
+    cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     cmd.set_defaults(handler=run_restore)
 
     cmd = sub.add_parser(
@@ -135,8 +133,10 @@ def run_use(args: argparse.Namespace) -> int:
     try:
         location = safe_location(target, "external", "settings")
     except psycopg.ProgrammingError as exc:
-        print(f"error: {target!r} is not a PostgreSQL connection URL ({exc}). "
-              "Use postgresql://user@host:port/dbname or 'embedded'.")
+        print(
+            f"error: {target!r} is not a PostgreSQL connection URL ({exc}). "
+            "Use postgresql://user@host:port/dbname or 'embedded'."
+        )
         return 2
     config.save_setting("database_url", target)
     print(f"Saved: {location.describe()} will be used.")

@@ -21,6 +21,8 @@ _EXPECTED = (
     ("omr_desktop.db.server_binaries", "ServerBinariesError"),
     ("omr_desktop.db.service_account", "ServiceAccountError"),
     ("omr_desktop.db.file_lock", "LockTimeoutError"),
+    ("omr_desktop.db.batch_store", "BatchExistsError"),
+    ("omr_desktop.pipeline.importer", "ImportInputError"),
     ("omr_desktop.engine.template", "TemplateError"),
     ("omr_desktop.engine.profile", "ProfileError"),
     ("omr_desktop.engine.image", "SheetImageError"),

@@ -61,8 +61,10 @@ def migrations_dir() -> Path:
 
 
 def ui_file(name: str) -> Path:
-    """Return the path of the Designer form ``name`` (for example ``main_window.ui``)."""
+    """Return the path of the Designer form ``name``, such as ``main_panels.ui``."""
     path = ui_dir() / name
     if not path.is_file():
-        raise MissingResourceError(f"The form {path} is missing. Reinstall OMR Desktop.")
+        raise MissingResourceError(
+            f"The form {path} is missing. Reinstall OMR Desktop."
+        )
     return path

@@ -81,7 +81,9 @@ def test_unreachable_database_fails_with_clear_message(
     assert main(["db", "status"]) == 1
 
     err = capsys.readouterr().err
-    assert err.startswith("error: Cannot connect to PostgreSQL at nobody@127.0.0.1:1/none")
+    assert err.startswith(
+        "error: Cannot connect to PostgreSQL at nobody@127.0.0.1:1/none"
+    )
     assert "Traceback" not in err
 
 
@@ -137,12 +139,55 @@ def test_db_use_saves_and_clears_the_database_url(
 
 
 def test_entry_point_runs_db_status(use_database: str, tmp_path: Path) -> None:
-    env = dict(os.environ, OMR_DATABASE_URL=use_database,
-               OMR_DATA_DIR=str(tmp_path / "data"))
+    env = dict(
+        os.environ, OMR_DATABASE_URL=use_database, OMR_DATA_DIR=str(tmp_path / "data")
+    )
     script = Path(sys.executable).with_name("omr-desktop")
 
-    done = subprocess.run([str(script), "db", "status"], capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+    done = subprocess.run(
+        [str(script), "db", "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
     assert done.returncode == 0, done.stderr
     assert "Schema version" in done.stdout
+
+
+def test_demo_command_seeds_batch_once(
+    use_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--sheets", "2", "--workers", "1"]) == 0
+    assert "Batch 'Demo': 2 sheets, 300 answers" in capsys.readouterr().out
+
+    assert main(["demo", "--if-missing"]) == 0
+    assert "exists already; nothing to do" in capsys.readouterr().out
+    assert main(["demo", "--sheets", "2"]) == 1
+    assert "A batch named 'Demo' exists already" in capsys.readouterr().err
+
+
+def test_import_command_reports_invalid_template(
+    use_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = tmp_path / "template.json"
+    template.write_text('{"pageDimensions": [100, 100], "fieldBlocks": {}}')
+
+    status = main(
+        [
+            "import",
+            "--template",
+            str(template),
+            "--images",
+            str(tmp_path),
+            "--batch",
+            "x",
+        ]
+    )
+
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "Traceback" not in err

@@ -26,8 +26,14 @@ QT_FREE_MODULES = [
 def test_import_linter_contract_holds() -> None:
     lint_imports = Path(sys.executable).with_name("lint-imports")
 
-    done = subprocess.run([str(lint_imports)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [str(lint_imports)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Contracts: 1 kept, 0 broken." in done.stdout
@@ -45,8 +51,13 @@ def test_command_line_modules_load_without_qt() -> None:
         "print(loaded)\n"
     )
 
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -48,15 +48,26 @@ def backup(database: Database, target: Path) -> int:
     target = target.expanduser().resolve()
     partial = target.with_name(target.name + ".partial")
     conninfo, password = _split_password(database.conninfo)
-    done = _run([pg_dump, "--format=custom", "--no-owner", "--no-privileges",
-                 f"--file={partial}", "--dbname", conninfo], password)
+    done = _run(
+        [
+            pg_dump,
+            "--format=custom",
+            "--no-owner",
+            "--no-privileges",
+            f"--file={partial}",
+            "--dbname",
+            conninfo,
+        ],
+        password,
+    )
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
         raise BackupError(f"pg_dump failed: {_tail(done.stderr)}")
     partial.replace(target)
     size = target.stat().st_size
-    logger.info("Backed up %s to %s (%d bytes)", database.location().describe(),
-                target, size)
+    logger.info(
+        "Backed up %s to %s (%d bytes)", database.location().describe(), target, size
+    )
     return size
 
 
@@ -76,11 +87,19 @@ def restore(database: Database, source: Path) -> None:
     _check_archive_versions(pg_restore, source)
     with tempfile.TemporaryDirectory(prefix="omr-restore-") as tmp:
         script = Path(tmp) / "restore.sql"
-        done = _run([pg_restore, "--no-owner", "--no-privileges",
-                     f"--file={script}", str(source)])
+        done = _run(
+            [
+                pg_restore,
+                "--no-owner",
+                "--no-privileges",
+                f"--file={script}",
+                str(source),
+            ]
+        )
         if done.returncode != 0:
-            raise BackupError(f"pg_restore could not read {source}: "
-                              f"{_tail(done.stderr)}")
+            raise BackupError(
+                f"pg_restore could not read {source}: {_tail(done.stderr)}"
+            )
         wrapper = Path(tmp) / "wrapper.sql"
         wrapper.write_text(
             "DROP SCHEMA public CASCADE;\nCREATE SCHEMA public;\n"
@@ -88,9 +107,20 @@ def restore(database: Database, source: Path) -> None:
             encoding="utf-8",
         )
         conninfo, password = _split_password(database.conninfo)
-        done = _run([psql, "--no-psqlrc", "--quiet", "--single-transaction",
-                     "-v", "ON_ERROR_STOP=1", f"--file={wrapper}",
-                     "--dbname", conninfo], password)
+        done = _run(
+            [
+                psql,
+                "--no-psqlrc",
+                "--quiet",
+                "--single-transaction",
+                "-v",
+                "ON_ERROR_STOP=1",
+                f"--file={wrapper}",
+                "--dbname",
+                conninfo,
+            ],
+            password,
+        )
     if done.returncode != 0:
         raise BackupError(
             f"Restoring {source} failed, and the database was left as it was: "
@@ -131,8 +161,13 @@ def _tool_major(path: Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        output = subprocess.run([str(path), "--version"], capture_output=True,
-                                text=True, timeout=30, check=True).stdout
+        output = subprocess.run(
+            [str(path), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     match = _VERSION_PATTERN.search(output)
@@ -146,8 +181,15 @@ def _server_major(database: Database) -> int:
 
 def _check_archive_versions(pg_restore: Path, source: Path) -> None:
     """Reject an archive made by a newer schema than this code knows."""
-    done = _run([pg_restore, "--data-only", "--table=schema_migrations",
-                 "--file=-", str(source)])
+    done = _run(
+        [
+            pg_restore,
+            "--data-only",
+            "--table=schema_migrations",
+            "--file=-",
+            str(source),
+        ]
+    )
     if done.returncode != 0:
         raise BackupError(
             f"{source} is not a backup made by 'omr-desktop db backup' "
@@ -189,8 +231,9 @@ def _split_password(conninfo: str) -> tuple[str, str | None]:
     """
     params = psycopg.conninfo.conninfo_to_dict(conninfo)
     password = params.pop("password", None)
-    return psycopg.conninfo.make_conninfo(**params), (
-        None if password is None else str(password))
+    return psycopg.conninfo.make_conninfo("", **params), (
+        None if password is None else str(password)
+    )
 
 
 def _run(
@@ -200,9 +243,14 @@ def _run(
     if password is not None:
         env["PGPASSWORD"] = password
     try:
-        return subprocess.run([str(a) for a in args], capture_output=True,
-                              text=True, timeout=TOOL_TIMEOUT_S, env=env,
-                              check=False)
+        return subprocess.run(
+            [str(a) for a in args],
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT_S,
+            env=env,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise BackupError(f"{Path(str(args[0])).name} could not run: {exc}") from exc
 
@@ -213,4 +261,3 @@ def _psql_quote(path: Path) -> str:
 
 def _tail(text: str, lines: int = 5) -> str:
     return " | ".join(text.strip().splitlines()[-lines:]) or "no output"
-

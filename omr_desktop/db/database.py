@@ -49,8 +49,9 @@ class DatabaseLocation:
         return f"PostgreSQL at {target} (from {self.source})"
 
 
-def safe_location(conninfo: str, kind: str, source: str,
-                  data_dir: Path | None = None) -> DatabaseLocation:
+def safe_location(
+    conninfo: str, kind: str, source: str, data_dir: Path | None = None
+) -> DatabaseLocation:
     """Describe ``conninfo`` without its password."""
     params = psycopg.conninfo.conninfo_to_dict(conninfo)
     return DatabaseLocation(

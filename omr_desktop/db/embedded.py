@@ -230,8 +230,9 @@ class EmbeddedServer:
         if self._binaries is not None:
             binaries = self._binaries
             if major is not None and binaries.major != major:
-                raise VersionMismatchError(_mismatch_message(self.cluster_dir, major,
-                                                             binaries))
+                raise VersionMismatchError(
+                    _mismatch_message(self.cluster_dir, major, binaries)
+                )
         else:
             try:
                 binaries = find_server_binaries(major)
@@ -269,20 +270,24 @@ class EmbeddedServer:
         if account.unreachable_parent(binaries.tool("postgres")) is None:
             return binaries
         install_dir = binaries.bin_dir.parent
-        target = self.data_dir / BINARIES_CACHE_DIR_NAME / (
-            f"{binaries.source}-{binaries.version}"
+        target = (
+            self.data_dir
+            / BINARIES_CACHE_DIR_NAME
+            / (f"{binaries.source}-{binaries.version}")
         )
         if not (target / "bin").is_dir():
-            logger.info("Copying %s to %s for the server's account", install_dir,
-                        target)
+            logger.info(
+                "Copying %s to %s for the server's account", install_dir, target
+            )
             partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(install_dir, partial, symlinks=True)
             partial.rename(target)
         for folder in (target.parent, target):
             folder.chmod(0o755)
-        return ServerBinaries(target / "bin", binaries.version, binaries.major,
-                              binaries.source)
+        return ServerBinaries(
+            target / "bin", binaries.version, binaries.major, binaries.source
+        )
 
     # -- Creating the cluster -------------------------------------------
 
@@ -293,8 +298,11 @@ class EmbeddedServer:
                 "(no PG_VERSION file). Move it aside; OMR Desktop creates a new "
                 "cluster there."
             )
-        logger.info("Creating the embedded database in %s with %s",
-                    self.cluster_dir, binaries.describe())
+        logger.info(
+            "Creating the embedded database in %s with %s",
+            self.cluster_dir,
+            binaries.describe(),
+        )
         password = self._new_password()
         account.make_owned_dir(self.cluster_dir)
         pwfile = self.data_dir / ".initdb-password"
@@ -303,9 +311,18 @@ class EmbeddedServer:
             pwfile.chmod(0o600)
             account.chown(pwfile)
             done = account.run(
-                [binaries.tool("initdb"), "-D", self.cluster_dir, "-U", SUPERUSER,
-                 f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
-                 "--no-locale", "--no-instructions"],
+                [
+                    binaries.tool("initdb"),
+                    "-D",
+                    self.cluster_dir,
+                    "-U",
+                    SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    "--no-instructions",
+                ],
                 cwd=self.cluster_dir,
             )
         finally:
@@ -341,7 +358,8 @@ class EmbeddedServer:
         config = self.cluster_dir / CONFIG_FILE_NAME
         config.write_text(
             "# Written by OMR Desktop for its embedded database.\n"
-            + "\n".join(lines) + "\n",
+            + "\n".join(lines)
+            + "\n",
             encoding="utf-8",
         )
         account.chown(config)
@@ -360,15 +378,19 @@ class EmbeddedServer:
         if not _is_postgres_process(pid):
             logger.warning(
                 "Removing the stale lock file of %s (PID %d is not a running "
-                "PostgreSQL server)", self.cluster_dir, pid)
+                "PostgreSQL server)",
+                self.cluster_dir,
+                pid,
+            )
             (self.cluster_dir / "postmaster.pid").unlink(missing_ok=True)
             return None
         if state == "stopping":
             self._wait_until_stopped(pid)
             return None
         self._wait_until_accepting(port, pid)
-        logger.info("Using the embedded database already running (PID %d, port %d)",
-                    pid, port)
+        logger.info(
+            "Using the embedded database already running (PID %d, port %d)", pid, port
+        )
         return RunningServer(pid, port, binaries, started_here=False)
 
     def _start_server(
@@ -380,21 +402,35 @@ class EmbeddedServer:
         for attempt in range(4):
             port = self._choose_port()
             done = account.run(
-                [binaries.tool("pg_ctl"), "start", "-D", self.cluster_dir,
-                 "-l", self.log_file, "-w", "-t", str(START_TIMEOUT_S),
-                 "-o", f"-p {port}"],
+                [
+                    binaries.tool("pg_ctl"),
+                    "start",
+                    "-D",
+                    self.cluster_dir,
+                    "-l",
+                    self.log_file,
+                    "-w",
+                    "-t",
+                    str(START_TIMEOUT_S),
+                    "-o",
+                    f"-p {port}",
+                ],
                 cwd=self.cluster_dir,
                 timeout_s=START_TIMEOUT_S + 30,
                 new_session=True,
             )
             lock = _read_postmaster_pid(self.cluster_dir)
             if done.returncode == 0 and lock is not None:
-                logger.info("Started the embedded database (PID %d, port %d)",
-                            lock[0], lock[1])
+                logger.info(
+                    "Started the embedded database (PID %d, port %d)", lock[0], lock[1]
+                )
                 return RunningServer(lock[0], lock[1], binaries, started_here=True)
             last_error = _tail(self._log_tail() or done.stderr or done.stdout)
-            logger.warning("Starting the embedded database failed (attempt %d): %s",
-                           attempt + 1, last_error)
+            logger.warning(
+                "Starting the embedded database failed (attempt %d): %s",
+                attempt + 1,
+                last_error,
+            )
             time.sleep(1.0 + attempt)
         raise EmbeddedDatabaseError(
             f"The embedded database in {self.cluster_dir} did not start: "
@@ -442,13 +478,17 @@ class EmbeddedServer:
             ).fetchone()
             if not exists:
                 logger.info("Creating database %s in the embedded server", DATABASE)
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(
-                    sql.Identifier(DATABASE)))
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE))
+                )
 
     def _admin_conninfo(self, port: int) -> str:
         return psycopg.conninfo.make_conninfo(
-            host="127.0.0.1", port=str(port), user=SUPERUSER,
-            password=self._read_password(), dbname="postgres",
+            host="127.0.0.1",
+            port=str(port),
+            user=SUPERUSER,
+            password=self._read_password(),
+            dbname="postgres",
             application_name="omr-desktop-admin",
         )
 
@@ -457,8 +497,9 @@ class EmbeddedServer:
     def _count_other_clients(self) -> int:
         assert self._running is not None
         try:
-            with psycopg.connect(self._admin_conninfo(self._running.port),
-                                 connect_timeout=5) as conn:
+            with psycopg.connect(
+                self._admin_conninfo(self._running.port), connect_timeout=5
+            ) as conn:
                 row = conn.execute(
                     "SELECT count(*) FROM pg_stat_activity "
                     "WHERE backend_type = 'client backend' "
@@ -473,8 +514,17 @@ class EmbeddedServer:
             return
         binaries = self._binaries_for_cluster(self._account_or_default())
         done = self._account_or_default().run(
-            [binaries.tool("pg_ctl"), "stop", "-D", self.cluster_dir, "-m", "fast",
-             "-w", "-t", str(STOP_TIMEOUT_S)],
+            [
+                binaries.tool("pg_ctl"),
+                "stop",
+                "-D",
+                self.cluster_dir,
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                str(STOP_TIMEOUT_S),
+            ],
             cwd=self.cluster_dir,
             timeout_s=STOP_TIMEOUT_S + 30,
         )

@@ -148,9 +148,7 @@ def _apply_one(
         _check_known(applied, known)
         if migration.version in applied:
             return False
-        logger.info(
-            "Applying migration %04d_%s", migration.version, migration.name
-        )
+        logger.info("Applying migration %04d_%s", migration.version, migration.name)
         conn.execute(migration.sql.encode("utf-8"))
         conn.execute(
             "INSERT INTO schema_migrations (version, name, checksum) "
@@ -197,7 +195,6 @@ def check_schema(conn: psycopg.Connection, folder: Path | None = None) -> int:
     if pending:
         names = ", ".join(m.path.name for m in pending)
         raise SchemaNotMigratedError(
-            f"The database lacks migrations {names}. "
-            "Run 'omr-desktop db migrate'."
+            f"The database lacks migrations {names}. Run 'omr-desktop db migrate'."
         )
     return max(applied) if applied else 0

@@ -24,8 +24,18 @@ logger = logging.getLogger(__name__)
 SERVICE_USER = "omr-desktop"
 
 # Variables that would point libpq tools at some other server or folder.
-_STRIPPED_ENV = ("PGDATA", "PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE",
-                 "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE")
+_STRIPPED_ENV = (
+    "PGDATA",
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+)
 
 
 class ServiceAccountError(RuntimeError):
@@ -87,15 +97,12 @@ class ServiceAccount:
     def make_owned_dir(self, path: Path, mode: int = 0o700) -> None:
         """Create ``path`` (if needed) owned by this account with ``mode``."""
         path.mkdir(parents=True, exist_ok=True)
-        if self.switches_user:
-            assert self.uid is not None and self.gid is not None
-            os.chown(path, self.uid, self.gid)
+        self.chown(path)
         path.chmod(mode)
 
     def chown(self, path: Path) -> None:
         """Give ``path`` to this account (no-op without a user switch)."""
-        if self.switches_user:
-            assert self.uid is not None and self.gid is not None
+        if self.uid is not None and self.gid is not None:
             os.chown(path, self.uid, self.gid)
 
     def unreachable_parent(self, path: Path) -> Path | None:
@@ -156,8 +163,17 @@ def _create_system_user() -> None:
         (p for p in ("/usr/sbin/nologin", "/sbin/nologin") if Path(p).exists()),
         "/bin/false",
     )
-    args = [useradd, "--system", "--user-group", "--no-create-home",
-            "--home-dir", "/nonexistent", "--shell", nologin, SERVICE_USER]
+    args = [
+        useradd,
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        nologin,
+        SERVICE_USER,
+    ]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=60)
     except OSError as exc:

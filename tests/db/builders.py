@@ -1,4 +1,4 @@
-"""Insert hand-made rows for database tests, with the defaults a test does not care about."""
+"""Insert hand-made rows for database tests, with defaults for what they ignore."""
 
 from __future__ import annotations
 
@@ -95,10 +95,19 @@ def add_sheet(
             " corrected_by, corrected_at)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " CASE WHEN %s::text IS NULL THEN NULL ELSE now() END)",
-            (sheet_id, answer.question, position, answer.raw,
-             answer.corrected_value, answer.confidence, [0.1, 0.9, 0.1, 0.1],
-             answer.reason, answer.needs_review, answer.corrected_by,
-             answer.corrected_by),
+            (
+                sheet_id,
+                answer.question,
+                position,
+                answer.raw,
+                answer.corrected_value,
+                answer.confidence,
+                [0.1, 0.9, 0.1, 0.1],
+                answer.reason,
+                answer.needs_review,
+                answer.corrected_by,
+                answer.corrected_by,
+            ),
         )
     return sheet_id
 

@@ -180,7 +180,8 @@ def test_embedded_database_runs_as_ordinary_user(base_dir: Path) -> None:
     they do for an editor on a workstation.
     """
     account = service_account()
-    assert account.uid is not None and account.gid is not None
+    assert account.uid is not None
+    assert account.gid is not None
     home = base_dir / "home"
     account.make_owned_dir(home, 0o755)
     binaries = EmbeddedServer(base_dir / "root-data")._reachable_binaries(
@@ -210,7 +211,8 @@ def _run_as_ordinary_user(
     code = 1
     try:
         os.setgroups([])
-        assert account.gid is not None and account.uid is not None
+        assert account.gid is not None
+        assert account.uid is not None
         os.setgid(account.gid)
         os.setuid(account.uid)
         os.environ["HOME"] = str(home)
@@ -234,7 +236,15 @@ def _wait_for_exit(pid: int, timeout_s: float = 10.0) -> None:
 
 
 def _write_fake_postmaster_pid(cluster_dir: Path, pid: int) -> None:
-    lines = [str(pid), str(cluster_dir), "1700000000", "5999", "", "127.0.0.1",
-             "  1234567     65536", "ready   "]
+    lines = [
+        str(pid),
+        str(cluster_dir),
+        "1700000000",
+        "5999",
+        "",
+        "127.0.0.1",
+        "  1234567     65536",
+        "ready   ",
+    ]
     path = cluster_dir / "postmaster.pid"
     path.write_text("\n".join(lines) + "\n")

@@ -38,9 +38,10 @@ def test_migrate_again_applies_nothing(db: psycopg.Connection) -> None:
     before = db.execute("SELECT version, applied_at FROM schema_migrations").fetchall()
 
     assert migrate(db) == []
-    assert db.execute(
-        "SELECT version, applied_at FROM schema_migrations"
-    ).fetchall() == before
+    assert (
+        db.execute("SELECT version, applied_at FROM schema_migrations").fetchall()
+        == before
+    )
 
 
 def test_migrate_seeds_builtin_profiles(db: psycopg.Connection) -> None:
@@ -77,9 +78,7 @@ def test_edited_migration_is_detected(db: psycopg.Connection) -> None:
         migrate(db)
 
 
-def test_pending_migration_is_reported(
-    empty_db_conninfo: str, tmp_path: Path
-) -> None:
+def test_pending_migration_is_reported(empty_db_conninfo: str, tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     folder.mkdir()
     first = available_migrations()[0]

@@ -62,8 +62,15 @@ CASES = [
         "manual corrections count and clear the review",
         [
             A("q1", "", corrected="B", reason="blank", corrected_by="editor"),
-            A("q2", "B", corrected="C", confidence=0.2, reason="near_threshold",
-              needs_review=True, corrected_by="editor"),
+            A(
+                "q2",
+                "B",
+                corrected="C",
+                confidence=0.2,
+                reason="near_threshold",
+                needs_review=True,
+                corrected_by="editor",
+            ),
             A("q3", "B", confidence=0.1, reason="near_threshold", needs_review=True),
             A("q4", "A"),
         ],
@@ -99,8 +106,7 @@ CASES = [
 @pytest.fixture
 def keyed_batch(db: psycopg.Connection) -> int:
     template_id = add_template(db)
-    key_id = add_key(db, "key", KEY, correct=4, wrong=-1, blank=0,
-                     overrides=Q4_POINTS)
+    key_id = add_key(db, "key", KEY, correct=4, wrong=-1, blank=0, overrides=Q4_POINTS)
     return add_batch(db, "keyed", template_id, key_id)
 
 

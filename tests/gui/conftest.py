@@ -12,12 +12,14 @@ from omr_desktop.app import create_application
 
 
 @pytest.fixture(autouse=True)
-def _private_qsettings(tmp_path: Path) -> Iterator[None]:
+def _private_qsettings(tmp_path: Path) -> None:
     """Keep window geometry and last batch of each test in its own folder."""
     QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
-                      str(tmp_path / "qsettings"))
-    yield
+    QSettings.setPath(
+        QSettings.Format.IniFormat,
+        QSettings.Scope.UserScope,
+        str(tmp_path / "qsettings"),
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -31,4 +33,6 @@ def _no_leftover_pool_work() -> Iterator[None]:
     yield
     pool = QThreadPool.globalInstance()
     if not pool.waitForDone(10_000):
-        pytest.fail(f"{pool.activeThreadCount()} pool thread(s) still busy after the test")
+        pytest.fail(
+            f"{pool.activeThreadCount()} pool thread(s) still busy after the test"
+        )

@@ -43,7 +43,10 @@ def window(qtbot: QtBot) -> MainWindow:
 def test_window_has_three_panels_and_swap_in_panel_c(window: MainWindow) -> None:
     assert window.splitter.count() == 3
     assert [window.splitter.widget(i).objectName() for i in range(3)] == [
-        "panelA", "panelB", "panelC"]
+        "panelA",
+        "panelB",
+        "panelC",
+    ]
     swap = window.splitter.widget(2).findChild(QToolButton, "swapButton")
     assert swap is not None
     assert swap.accessibleName() == "Swap"
@@ -60,8 +63,9 @@ def test_batches_and_sheets_load_from_database(
     names = {window.batch_model.record(r).name for r in range(2)}
     assert names == {"Morning exam", "Evening exam"}
 
-    row = next(r for r in range(2)
-               if window.batch_proxy.index(r, 0).data() == "Morning exam")
+    row = next(
+        r for r in range(2) if window.batch_proxy.index(r, 0).data() == "Morning exam"
+    )
     with qtbot.waitSignal(window.sheets_loaded, timeout=10_000) as sheets:
         window.batches_view.selectRow(row)
     assert sheets.args == [3]
@@ -87,10 +91,20 @@ def test_sheet_model_passes_model_tester(qtmodeltester: object) -> None:
     from omr_desktop.db.queries import SheetSummary
 
     model = sheet_table_model()
-    model.set_records([
-        SheetSummary(1, 1, "R1", "Ada", Decimal("12.5"), ("MULTI_MARK",), "Default",
-                     datetime(2026, 1, 1, 9, 30)),
-        SheetSummary(2, 2, "R2", "Ben", None, (), "", None),
-    ])
+    model.set_records(
+        [
+            SheetSummary(
+                1,
+                1,
+                "R1",
+                "Ada",
+                Decimal("12.5"),
+                ("MULTI_MARK",),
+                "Default",
+                datetime(2026, 1, 1, 9, 30),
+            ),
+            SheetSummary(2, 2, "R2", "Ben", None, (), "", None),
+        ]
+    )
 
     qtmodeltester.check(model)  # type: ignore[attr-defined]

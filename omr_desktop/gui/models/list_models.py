@@ -12,8 +12,7 @@ RIGHT = Qt.AlignmentFlag.AlignRight
 BATCH_COLUMNS: list[Column[BatchSummary]] = [
     Column("Name", lambda b: b.name),
     Column("Sheets", lambda b: f"{b.sheet_count:,}", lambda b: b.sheet_count, RIGHT),
-    Column("Date", lambda b: b.created_at.strftime("%Y-%m-%d"),
-           lambda b: b.created_at),
+    Column("Date", lambda b: b.created_at.strftime("%Y-%m-%d"), lambda b: b.created_at),
     Column("Status", lambda b: b.status),
 ]
 
@@ -21,12 +20,20 @@ SHEET_COLUMNS: list[Column[SheetSummary]] = [
     Column("#", lambda s: str(s.sequence_no), lambda s: s.sequence_no, RIGHT),
     Column("Code", lambda s: s.student_code),
     Column("Name", lambda s: s.student_name),
-    Column("Score", lambda s: "" if s.score is None else f"{s.score:g}",
-           lambda s: -1e9 if s.score is None else float(s.score), RIGHT),
+    Column(
+        "Score",
+        lambda s: "" if s.score is None else f"{s.score:g}",
+        lambda s: -1e9 if s.score is None else float(s.score),
+        RIGHT,
+    ),
     Column("Flags", lambda s: ", ".join(s.flags)),
     Column("Profile", lambda s: s.profile_name),
-    Column("Processed", lambda s: "" if s.processed_at is None
-           else s.processed_at.strftime("%Y-%m-%d %H:%M")),
+    Column(
+        "Processed",
+        lambda s: (
+            "" if s.processed_at is None else s.processed_at.strftime("%Y-%m-%d %H:%M")
+        ),
+    ),
 ]
 
 
