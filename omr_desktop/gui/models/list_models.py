@@ -22,7 +22,7 @@ SHEET_COLUMNS: list[Column[SheetSummary]] = [
     Column("Name", lambda s: s.student_name),
     Column(
         "Score",
-        lambda s: "" if s.score is None else f"{s.score:g}",
+        lambda s: "" if s.score is None else format(s.score.normalize(), "f"),
         lambda s: -1e9 if s.score is None else float(s.score),
         RIGHT,
     ),

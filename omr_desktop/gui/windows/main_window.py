@@ -99,6 +99,9 @@ class MainWindow(QMainWindow):
         self.sheet_model = sheet_table_model(self)
         self.sheets_view.setModel(self.sheet_model)
         self.sheets_view.verticalHeader().hide()
+        # One text line per row: 10,000 sheets stay a short scroll.
+        line = self.sheets_view.fontMetrics().height()
+        self.sheets_view.verticalHeader().setDefaultSectionSize(line + 6)
 
     def _init_status_bar(self) -> None:
         self.database_label = QLabel("Starting the database…")
