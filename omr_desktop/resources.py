@@ -1,6 +1,6 @@
 """Locate the files the application ships beside its code.
 
-Three layouts must work, and this is the one module that knows them:
+Three layouts must work, and this is the only module that handles them:
 
 - a source checkout or editable install: ``ui/`` and ``resources/`` sit at the
   repository's top level, one folder above the package;

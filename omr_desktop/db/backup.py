@@ -180,7 +180,7 @@ def _server_major(database: Database) -> int:
 
 
 def _check_archive_versions(pg_restore: Path, source: Path) -> None:
-    """Reject an archive made by a newer schema than this code knows."""
+    """Reject an archive whose schema is newer than this code's migrations."""
     done = _run(
         [
             pg_restore,
@@ -198,7 +198,7 @@ def _check_archive_versions(pg_restore: Path, source: Path) -> None:
     versions = _copied_versions(done.stdout)
     if not versions:
         raise BackupError(
-            f"{source} holds no OMR Desktop schema (no schema_migrations rows)."
+            f"{source} contains no OMR Desktop schema (no schema_migrations rows)."
         )
     known = {m.version for m in available_migrations()}
     unknown = sorted(versions - known)

@@ -89,7 +89,7 @@ def available_migrations(folder: Path | None = None) -> list[Migration]:
 
 
 def latest_version(folder: Path | None = None) -> int:
-    """Return the highest migration version this code knows (0 if none)."""
+    """Return the highest migration version this code has (0 if none)."""
     migrations = available_migrations(folder)
     return migrations[-1].version if migrations else 0
 

@@ -2,7 +2,7 @@
 
 PostgreSQL's ``initdb`` and ``postgres`` reject the root account. An ordinary
 user runs them as themselves. Root runs them as the system user
-``omr-desktop``, created with ``useradd`` on first use; the server's files
+``omr-desktop``, created with ``useradd`` on first use. The server's files
 then belong to that user and every folder above them must be searchable by it.
 """
 

@@ -40,7 +40,7 @@ def window(qtbot: QtBot) -> MainWindow:
     return main
 
 
-def test_window_has_three_panels_and_swap_in_panel_c(window: MainWindow) -> None:
+def test_window_panels_and_swap_button(window: MainWindow) -> None:
     assert window.splitter.count() == 3
     assert [window.splitter.widget(i).objectName() for i in range(3)] == [
         "panelA",
