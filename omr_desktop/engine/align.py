@@ -57,32 +57,39 @@ def reduced_scale(bubble_px: float) -> int:
     return max(1, int(bubble_px // _REDUCED_BUBBLE_PX))
 
 
-def _block_spacing(layout: FieldLayout, block: int) -> float:
+def _block_spacing(
+    layout: FieldLayout, boxes: npt.NDArray[np.float64], block: int
+) -> float:
     """Return the smallest centre distance between bubbles of one block, px."""
     members = np.flatnonzero(layout.bubble_block == block)
-    centres = layout.boxes[members, :2] + layout.boxes[members, 2:] / 2.0
+    centres = boxes[members, :2] + boxes[members, 2:] / 2.0
     if len(centres) < 2:
-        return float(layout.boxes[members, 2:].max()) * 2.0
+        return float(boxes[members, 2:].max()) * 2.0
     # Neighbours in template order are the nearest along a field; the gap
     # to the next field is checked by sorting on each axis.
     gaps = [np.abs(np.diff(np.sort(centres[:, axis]))) for axis in (0, 1)]
     positive = np.concatenate([g[g > 0.5] for g in gaps])
-    return float(positive.min()) if positive.size else float(layout.boxes[:, 2].max())
+    return float(positive.min()) if positive.size else float(boxes[:, 2].max())
 
 
 def build_shift_search(
-    layout: FieldLayout, search: float, page_shape: tuple[int, int]
+    layout: FieldLayout,
+    search: float,
+    image_shape: tuple[int, int],
+    image_scale: int = 1,
 ) -> ShiftSearch:
     """Prepare the search for shifts up to ``search`` bubble sizes.
 
-    Each block's limit is also kept under 0.3 of its bubble spacing, so a
-    box never reaches the next bubble's mark.
+    ``image_shape`` is (height, width) of the image measured, which is the
+    page divided by ``image_scale``. Each block's limit is also kept under
+    0.3 of its bubble spacing, so a box never reaches the next bubble.
     """
-    bubble_px = float(np.median(layout.boxes[:, 2:].max(axis=1)))
+    boxes = layout.boxes / image_scale
+    bubble_px = float(np.median(boxes[:, 2:].max(axis=1)))
     scale = reduced_scale(bubble_px)
     n_blocks = len(layout.block_names)
     limit_px = [
-        min(search * bubble_px, 0.3 * _block_spacing(layout, b))
+        min(search * bubble_px, 0.3 * _block_spacing(layout, boxes, b))
         for b in range(n_blocks)
     ]
     limit = np.array([int(v // scale) for v in limit_px], dtype=np.intp)
@@ -94,8 +101,8 @@ def build_shift_search(
     on_grid = (shifts % 2 == 0).all(axis=1)
     coarse = np.flatnonzero(on_grid).astype(np.intp)
 
-    x, y, w, h = (layout.boxes / scale).T
-    height, width = -(-page_shape[0] // scale), -(-page_shape[1] // scale)
+    x, y, w, h = (boxes / scale).T
+    height, width = -(-image_shape[0] // scale), -(-image_shape[1] // scale)
     corners = np.stack(
         [
             np.clip(np.round(x), 0, width - 1),
@@ -124,17 +131,13 @@ def find_block_shifts(
     blocks = np.arange(n_blocks)
 
     coarse = search.shifts[search.coarse]
-    per_bubble = np.broadcast_to(
-        coarse[:, None, :], (len(coarse), len(layout.boxes), 2)
-    )
-    score = _scores(integral, search, layout, per_bubble, n_blocks)
+    per_block = np.broadcast_to(coarse[:, None, :], (len(coarse), n_blocks, 2))
+    score = _scores(integral, search, layout, per_block)
     base = score[0]  # coarse row 0 is no shift
     best = coarse[np.argmax(score, axis=0)]  # (n_blocks, 2)
 
     candidates = best[None, :, :] + _NEIGHBOURS[:, None, :]  # (9, n_blocks, 2)
-    fine = _scores(
-        integral, search, layout, candidates[:, layout.bubble_block], n_blocks
-    )
+    fine = _scores(integral, search, layout, candidates)
     fine_best = np.argmax(fine, axis=0)
     chosen = candidates[fine_best, blocks]
     gain = fine[fine_best, blocks] - base
@@ -152,15 +155,12 @@ def _scores(
     search: ShiftSearch,
     layout: FieldLayout,
     shifts: npt.NDArray[np.intp],
-    n_blocks: int,
 ) -> npt.NDArray[np.float64]:
-    """Score per-bubble shifts (n_shifts, n_bubbles, 2); -inf beyond a limit."""
-    means = _box_means(integral, search.corners, shifts)
-    score = _block_contrast(means, layout, n_blocks)
-    reach = np.abs(shifts).max(axis=2)  # (n_shifts, n_bubbles)
-    first = np.searchsorted(layout.bubble_block, np.arange(n_blocks))
-    allowed = reach[:, first] <= search.limit[None, :]
-    return np.where(allowed, score, -np.inf)
+    """Score per-block shifts (n_shifts, n_blocks, 2); -inf beyond a limit."""
+    means = _box_means(integral, search.corners, shifts[:, layout.bubble_block])
+    score = _block_contrast(means, layout, shifts.shape[1])
+    reach = np.abs(shifts).max(axis=2)  # (n_shifts, n_blocks)
+    return np.where(reach <= search.limit[None, :], score, -np.inf)
 
 
 def _box_means(

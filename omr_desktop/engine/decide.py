@@ -159,8 +159,8 @@ def _relative_fills(
     grid = np.where(layout.valid, fills[layout.index].astype(np.float64), np.nan)
     sheet_bg = sheet_background(fills)
     field_min = np.nanmin(grid, axis=1)
-    # One or two bubbles: a per-field minimum says nothing (a single mark
-    # would be its own background), so the sheet-level background is used.
+    # With one or two bubbles the field minimum is no background, because a
+    # single mark would be its own minimum. The sheet-level one is used.
     own = np.minimum(field_min, sheet_bg + BACKGROUND_MARGIN)
     background = np.where(layout.counts >= 3, own, sheet_bg)
     return grid - background[:, None]
@@ -294,7 +294,7 @@ def decide(
     blank_blocks = _blank_blocks(template, layout, fd)
     flagged = blank_blocks[layout.field_block] & decision.flag_blank_blocks
     raws, corrected = _field_strings(template, fd, decision.multi_mark_policy)
-    position = {f.label: i for i, f in enumerate(template.fields)}
+    position = template.field_positions
     starts = np.concatenate([[0], np.cumsum(layout.counts)])
 
     columns = _ColumnInputs(

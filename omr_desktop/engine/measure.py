@@ -49,6 +49,8 @@ _cache_lock = threading.Lock()
 class _Geometry:
     """Precomputed sampling positions for one template and settings."""
 
+    width: int  # image width at this image scale, px
+    height: int  # image height at this image scale, px
     sample_x: npt.NDArray[np.intp]  # (n_bubbles, K) page x of each sample
     sample_y: npt.NDArray[np.intp]  # (n_bubbles, K) page y of each sample
     sample_index: npt.NDArray[np.intp]  # (n_bubbles, K) flat page indices
@@ -65,8 +67,8 @@ def effective_tone(
     """Combine the template's tone preProcessors with the profile's settings.
 
     A template's own Levels curve replaces the profile's, and a blur that
-    the template asks for replaces the profile's blur of the same kind:
-    the template's author tuned them for that print.
+    the template requests replaces the profile's blur of the same kind,
+    because the template's author tuned them for that print.
     """
     tone = template.tone
     use_template_levels = (tone.levels_low, tone.levels_high, tone.levels_gamma) != (
@@ -110,9 +112,15 @@ def _odd(value: float) -> int:
     return max(3, int(round(value)) | 1)
 
 
-def _build_geometry(template: Template, measurement: MeasurementSettings) -> _Geometry:
+def _build_geometry(
+    template: Template, measurement: MeasurementSettings, image_scale: int
+) -> _Geometry:
     layout = field_layout(template)
-    x, y, w, h = layout.boxes.T
+    width, height = (
+        template.page_width // image_scale,
+        template.page_height // image_scale,
+    )
+    x, y, w, h = (layout.boxes / image_scale).T
     inset = measurement.sample_inset
     side = int(np.clip(np.ceil(inset * max(w.max(), h.max())), _MIN_GRID, _MAX_GRID))
     u = (np.arange(side) + 0.5) / side * 2.0 - 1.0
@@ -123,23 +131,26 @@ def _build_geometry(template: Template, measurement: MeasurementSettings) -> _Ge
     cx, cy = x + w / 2.0, y + h / 2.0
     px = np.floor(cx[:, None] + gu[None, :] * (inset * w[:, None] / 2.0))
     py = np.floor(cy[:, None] + gv[None, :] * (inset * h[:, None] / 2.0))
-    px = np.clip(px, 0, template.page_width - 1).astype(np.intp)
-    py = np.clip(py, 0, template.page_height - 1).astype(np.intp)
+    px = np.clip(px, 0, width - 1).astype(np.intp)
+    py = np.clip(py, 0, height - 1).astype(np.intp)
 
     bubble_px = float(np.median(np.maximum(w, h)))
     scale = reduced_scale(bubble_px)
-    shape = (-(-template.page_height // scale), -(-template.page_width // scale))
+    shape = (-(-height // scale), -(-width // scale))
     kernel = _odd(measurement.paper_window * bubble_px / scale)
     mx = np.clip((cx / scale).astype(np.intp), 0, shape[1] - 1)
     my = np.clip((cy / scale).astype(np.intp), 0, shape[0] - 1)
-    page_shape = (template.page_height, template.page_width)
     search = None
     if measurement.align_search > 0:
-        search = build_shift_search(layout, measurement.align_search, page_shape)
+        search = build_shift_search(
+            layout, measurement.align_search, (height, width), image_scale
+        )
     return _Geometry(
+        width=width,
+        height=height,
         sample_x=px,
         sample_y=py,
-        sample_index=py * template.page_width + px,
+        sample_index=py * width + px,
         paper_scale=scale,
         paper_shape=shape,
         paper_kernel=kernel,
@@ -148,17 +159,24 @@ def _build_geometry(template: Template, measurement: MeasurementSettings) -> _Ge
     )
 
 
-def _geometry(template: Template, measurement: MeasurementSettings) -> _Geometry:
-    key = (measurement.sample_inset, measurement.paper_window, measurement.align_search)
-    cache: dict[tuple[float, float, float], _Geometry] | None = template.__dict__.get(
-        _CACHE_ATTR
+def _geometry(
+    template: Template, measurement: MeasurementSettings, image_scale: int
+) -> _Geometry:
+    key = (
+        measurement.sample_inset,
+        measurement.paper_window,
+        measurement.align_search,
+        image_scale,
+    )
+    cache: dict[tuple[float, float, float, int], _Geometry] | None = (
+        template.__dict__.get(_CACHE_ATTR)
     )
     if cache is None:
         with _cache_lock:
             cache = template.__dict__.setdefault(_CACHE_ATTR, {})
     geometry = cache.get(key)
     if geometry is None:
-        geometry = _build_geometry(template, measurement)
+        geometry = _build_geometry(template, measurement, image_scale)
         cache[key] = geometry
     return geometry
 
@@ -189,9 +207,9 @@ def _sample_index(
     if not shifts.any():
         return geometry.sample_index
     offset = shifts[layout.bubble_block]
-    px = np.clip(geometry.sample_x + offset[:, 0:1], 0, template.page_width - 1)
-    py = np.clip(geometry.sample_y + offset[:, 1:2], 0, template.page_height - 1)
-    return np.asarray(py * template.page_width + px, dtype=np.intp)
+    px = np.clip(geometry.sample_x + offset[:, 0:1], 0, geometry.width - 1)
+    py = np.clip(geometry.sample_y + offset[:, 1:2], 0, geometry.height - 1)
+    return np.asarray(py * geometry.width + px, dtype=np.intp)
 
 
 def measure_fills(
@@ -201,19 +219,24 @@ def measure_fills(
 ) -> npt.NDArray[np.float32]:
     """Measure every bubble's fill on an aligned grey page.
 
-    ``image`` is uint8 of shape (page_height, page_width). Returns float32
-    of shape (n_bubbles,) in the order of ``template.fields`` and their
-    bubbles: 0 is paper, 1 is solid ink. Safe to call from several threads.
+    ``image`` is uint8 of shape (page_height, page_width), or of shape
+    (page_height // 2, page_width // 2) as `load_sheet_for_measuring`
+    returns for a reduced decode; bubble positions are scaled to match.
+    Returns float32 of shape (n_bubbles,) in the order of
+    ``template.fields`` and their bubbles: 0 is paper, 1 is solid ink.
+    Safe to call from several threads.
 
     Raises:
-        ValueError: The image does not have the template's page shape.
+        ValueError: The image has neither the page shape nor half of it.
     """
-    expected = (template.page_height, template.page_width)
-    if image.shape != expected or image.dtype != np.uint8:
+    page = (template.page_height, template.page_width)
+    half = (template.page_height // 2, template.page_width // 2)
+    if image.dtype != np.uint8 or image.shape not in (page, half):
         raise ValueError(
-            f"image must be uint8 of shape {expected}, got {image.dtype} {image.shape}"
+            f"image must be uint8 of shape {page} or {half}, "
+            f"got {image.dtype} {image.shape}"
         )
-    geometry = _geometry(template, measurement)
+    geometry = _geometry(template, measurement, 1 if image.shape == page else 2)
     toned = apply_tone(image, effective_tone(template, measurement))
     reduced = shrink_by(toned, geometry.paper_scale)
     paper = paper_map(reduced, geometry.paper_kernel)

@@ -18,6 +18,7 @@ question's background (the faintest bubble of the question, see
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -46,9 +47,9 @@ class MeasurementSettings:
         sample_inset: Diameter of the sampled ellipse as a fraction of the
             bubble rectangle; the printed outline lies outside it.
         fill_quantile: A bubble's fill is the darkness that this fraction
-            of its sampled pixels reaches. At 0.4, a mark must cover 40 % of
-            the sample to count fully, so thin printed letters and stray
-            strokes (10-25 % of the sample) count little.
+            of its sampled pixels reaches. At 0.6, a mark must cover 60 % of
+            the sample to count fully, so printed letters, digits and stray
+            strokes (10-40 % of the sample) count little.
         paper_window: Width of the window over which the local paper level
             is estimated, in bubble sizes; shading wider than this is
             followed, bubbles and print narrower than this are ignored.
@@ -264,6 +265,11 @@ def measurement_hash(settings: ProfileSettings | MeasurementSettings) -> str:
     measurement = (
         settings.measurement if isinstance(settings, ProfileSettings) else settings
     )
+    return _hash_measurement(measurement)
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_measurement(measurement: MeasurementSettings) -> str:
     text = json.dumps(dataclasses.asdict(measurement), sort_keys=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
 

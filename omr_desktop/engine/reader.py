@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from omr_desktop.engine.decide import SheetReading, decide
-from omr_desktop.engine.image import load_sheet_image
+from omr_desktop.engine.image import load_sheet_for_measuring
 from omr_desktop.engine.measure import measure_fills
 from omr_desktop.engine.profile import ProfileSettings, measurement_hash
 from omr_desktop.engine.template import Template
@@ -24,14 +24,19 @@ def read_sheet(
     The reading carries the `measurement_hash` of ``settings`` so that its
     fills can later be re-decided only under the same measurement. Safe to
     call from many threads at once: decoding, resizing and the numpy work
-    release the GIL, and the per-template caches are built under a lock.
+    release the GIL, and two threads that race to fill a per-template cache
+    at most build the same entry twice.
+
+    The image is measured at the resolution it was decoded at, which is
+    half the page for templates with bubbles of 24 px or more; enlarging
+    it first would add no information.
 
     Raises:
         SheetImageError: The image is missing, unreadable, corrupt or too
             small (see `omr_desktop.engine.image.load_sheet_image`).
     """
     start = time.perf_counter()
-    image = load_sheet_image(path, template)
+    image = load_sheet_for_measuring(path, template)
     loaded = time.perf_counter()
     fills = measure_fills(image, template, settings.measurement)
     reading = decide(fills, template, settings.decision)

@@ -13,6 +13,7 @@ corner at ``(x, y)``, origin at the top-left of the page, y growing down.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class Field:
 
 @dataclass(frozen=True)
 class ToneSettings:
-    """Tone preprocessing a template asks for, taken from its preProcessors.
+    """Tone preprocessing requested by a template's preProcessors.
 
     ``levels_low``, ``levels_high`` and ``levels_gamma`` are OMRChecker's
     ``Levels`` options (fractions of 255); a kernel size of 0 means no blur.
@@ -70,7 +71,7 @@ class ToneSettings:
 
     @property
     def is_identity(self) -> bool:
-        """True when the template asks for no tone change at all."""
+        """True when the template requests no tone change at all."""
         return self == ToneSettings()
 
 
@@ -118,12 +119,14 @@ class Template:
             for bubble in fld.bubbles:
                 yield fld, bubble
 
+    @functools.cached_property
+    def field_positions(self) -> Mapping[str, int]:
+        """Field label to its index in ``fields``."""
+        return {fld.label: i for i, fld in enumerate(self.fields)}
+
     def field_by_label(self, label: str) -> Field:
         """Return the field called ``label``; raises KeyError if there is none."""
-        for fld in self.fields:
-            if fld.label == label:
-                return fld
-        raise KeyError(label)
+        return self.fields[self.field_positions[label]]
 
     def column_fields(self, column: str) -> tuple[str, ...]:
         """Return the field labels that make up one output column."""
@@ -133,14 +136,14 @@ class Template:
         """Return the kind of an output column (that of its first field)."""
         return self.field_by_label(self.column_fields(column)[0]).kind
 
-    @property
+    @functools.cached_property
     def question_columns(self) -> tuple[str, ...]:
         """Output columns that are questions, in output order."""
         return tuple(
             c for c in self.output_columns if self.column_kind(c) is FieldKind.QUESTION
         )
 
-    @property
+    @functools.cached_property
     def identifier_columns(self) -> tuple[str, ...]:
         """Output columns that are identifiers, in output order."""
         return tuple(
