@@ -1,8 +1,9 @@
 """The synthetic accuracy suite: read rendered sheets and score every profile.
 
-Each sheet is rendered, encoded, decoded and measured once (the built-in
-profiles share their measurement settings), then decided under every
-profile and compared with its truth, bubble by bubble and answer by answer.
+Each sheet is rendered, encoded, decoded as `read_sheet` decodes it and
+measured once (the built-in profiles share their measurement settings).
+It is then decided under every profile and compared with its truth,
+bubble by bubble and answer by answer.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def run_suite(
         rng = np.random.default_rng([seed, offset])
         for _ in range(sheets_per_condition):
             truth = random_truth(template, rng, condition)
-            image = decode_sheet_bytes(render_sheet(template, truth, rng), template)
+            data = render_sheet(template, truth, rng)
+            image = decode_sheet_bytes(data, template, keep_reduced=True)
             fills = measure_fills(image, template, measurement)
             kinds = _light_kinds(truth)
             for name, settings in profiles.items():
