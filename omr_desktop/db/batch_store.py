@@ -57,6 +57,7 @@ class SheetRecord:
     measurement_hash: str | None
     identifiers: Mapping[str, str]
     answers: Sequence[AnswerRecord] = field(default_factory=tuple)
+    fills: Sequence[float] | None = None
 
 
 def ensure_template(
@@ -149,7 +150,8 @@ def write_sheets(
     students = _ensure_students(conn, sheets)
     with conn.cursor().copy(
         "COPY sheets (id, batch_id, student_id, sequence_no, image_path, status,"
-        " error, last_profile_id, processed_at, measurement_hash, identifiers)"
+        " error, last_profile_id, processed_at, measurement_hash, identifiers,"
+        " fills)"
         " FROM STDIN"
     ) as copy:
         for sheet_id, sheet in zip(ids, sheets, strict=True):
@@ -166,6 +168,7 @@ def write_sheets(
                     sheet.processed_at,
                     sheet.measurement_hash,
                     Jsonb(dict(sheet.identifiers)),
+                    None if sheet.fills is None else _rounded(sheet.fills),
                 )
             )
     with conn.cursor().copy(
@@ -182,13 +185,22 @@ def write_sheets(
                         position,
                         a.answer_raw,
                         a.answer_corrected,
-                        float(a.confidence_score),
-                        [float(f) for f in a.fills],
+                        float(f"{float(a.confidence_score):.6g}"),
+                        _rounded(a.fills),
                         a.reason,
                         bool(a.needs_review),
                     )
                 )
     return ids
+
+
+def _rounded(fills: Sequence[float]) -> list[float]:
+    """Round fills to six significant digits, as a reprocess stores them.
+
+    The same rounding on both paths means that a reprocess which measures
+    the same values finds nothing to update.
+    """
+    return [float(f"{float(f):.6g}") for f in fills]
 
 
 def _reserve_sheet_ids(conn: psycopg.Connection, count: int) -> list[int]:

@@ -221,6 +221,7 @@ def _sheet_record(
         outcome.measurement_hash,
         dict(outcome.identifiers),
         answers,
+        outcome.fills.tolist(),
     )
 
 

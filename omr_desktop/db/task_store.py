@@ -1,0 +1,189 @@
+"""Reprocess task rows and their stored progress events."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+PENDING = "PENDING"
+STARTED = "STARTED"
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+STATUSES = (PENDING, STARTED, SUCCESS, FAILURE)
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A stored reprocess task."""
+
+    task_id: str
+    status: str
+    profile_id: int
+    sheet_ids: list[int]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: dict[str, Any]
+    error: str | None
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One stored event: its id in the task's stream, name and JSON data."""
+
+    event_id: int
+    event: str
+    data: dict[str, Any]
+
+
+def runner_identity() -> tuple[str, int]:
+    """Return (host name, process id) recorded on the tasks this process runs."""
+    return socket.gethostname(), os.getpid()
+
+
+def create_task(
+    conn: psycopg.Connection,
+    task_id: str,
+    profile_id: int,
+    sheet_ids: list[int],
+    options: dict[str, Any],
+) -> None:
+    host, pid = runner_identity()
+    conn.execute(
+        "INSERT INTO reprocess_tasks (task_id, status, profile_id, sheet_ids,"
+        " runner_host, runner_pid, options) VALUES (%s, 'PENDING', %s, %s, %s, %s, %s)",
+        (task_id, profile_id, sheet_ids, host, pid, Jsonb(options)),
+    )
+
+
+def mark_started(conn: psycopg.Connection, task_id: str) -> None:
+    conn.execute(
+        "UPDATE reprocess_tasks SET status = 'STARTED', started_at = now()"
+        " WHERE task_id = %s",
+        (task_id,),
+    )
+
+
+def mark_succeeded(
+    conn: psycopg.Connection, task_id: str, result: dict[str, Any]
+) -> None:
+    conn.execute(
+        "UPDATE reprocess_tasks SET status = 'SUCCESS', finished_at = now(),"
+        " result = %s, error = NULL WHERE task_id = %s",
+        (Jsonb(result), task_id),
+    )
+
+
+def mark_failed(
+    conn: psycopg.Connection, task_id: str, reason: str, result: dict[str, Any]
+) -> None:
+    conn.execute(
+        "UPDATE reprocess_tasks SET status = 'FAILURE', finished_at = now(),"
+        " result = %s, error = %s WHERE task_id = %s",
+        (Jsonb(result), reason, task_id),
+    )
+
+
+def get_task(conn: psycopg.Connection, task_id: str) -> TaskRow | None:
+    row = conn.execute(
+        "SELECT task_id::text, status, profile_id, sheet_ids, created_at, started_at,"
+        " finished_at, result, error, options FROM reprocess_tasks WHERE task_id = %s",
+        (task_id,),
+    ).fetchone()
+    return None if row is None else TaskRow(*row)
+
+
+def recent_tasks(conn: psycopg.Connection, limit: int = 50) -> list[TaskRow]:
+    rows = conn.execute(
+        "SELECT task_id::text, status, profile_id, sheet_ids, created_at, started_at,"
+        " finished_at, result, error, options FROM reprocess_tasks"
+        " ORDER BY created_at DESC LIMIT %s",
+        (limit,),
+    ).fetchall()
+    return [TaskRow(*row) for row in rows]
+
+
+def mark_interrupted(conn: psycopg.Connection) -> list[str]:
+    """Fail the tasks left PENDING or STARTED by dead processes on this host.
+
+    A task of a process that still runs (another app instance) is left
+    alone, and so are tasks of other hosts, whose processes cannot be
+    checked from here.
+    """
+    host, _pid = runner_identity()
+    rows = conn.execute(
+        "SELECT task_id::text, runner_pid FROM reprocess_tasks"
+        " WHERE status IN ('PENDING', 'STARTED') AND runner_host = %s",
+        (host,),
+    ).fetchall()
+    dead = [task_id for task_id, pid in rows if not _process_alive(pid)]
+    if dead:
+        conn.execute(
+            "UPDATE reprocess_tasks SET status = 'FAILURE', error = 'interrupted',"
+            " finished_at = now() WHERE task_id = ANY(%s::uuid[])",
+            (dead,),
+        )
+    return dead
+
+
+def _process_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    if pid == os.getpid():
+        # Tasks of this very process found at its own start-up are leftovers
+        # of an earlier process that had the same pid.
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def append_event(
+    conn: psycopg.Connection,
+    task_id: str,
+    event_id: int,
+    event: str,
+    data: dict[str, Any],
+) -> None:
+    conn.execute(
+        "INSERT INTO task_events (task_id, event_id, event, data)"
+        " VALUES (%s, %s, %s, %s)",
+        (task_id, event_id, event, Jsonb(data)),
+    )
+
+
+def events_after(
+    conn: psycopg.Connection, task_id: str, last_event_id: int = 0
+) -> list[StoredEvent]:
+    rows = conn.execute(
+        "SELECT event_id, event, data FROM task_events"
+        " WHERE task_id = %s AND event_id > %s ORDER BY event_id",
+        (task_id, last_event_id),
+    ).fetchall()
+    return [StoredEvent(int(r[0]), str(r[1]), r[2]) for r in rows]
+
+
+def last_event_id(conn: psycopg.Connection, task_id: str) -> int:
+    row = conn.execute(
+        "SELECT coalesce(max(event_id), 0) FROM task_events WHERE task_id = %s",
+        (task_id,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, default=str)

@@ -1,0 +1,487 @@
+"""Run one reprocess task: detect the sheets again and replace their answers.
+
+The whole task is one transaction on one connection (the writer): lock the
+sheets, stream every sheet's rows into staging tables by COPY while the
+executor detects the next ones, record history, update the changed answers,
+rescore with ``REPROCESS_SHEET_SURGICAL``, mark the task SUCCESS, commit.
+If any step fails, or the task is cancelled, the transaction rolls back and
+the database holds exactly what it held before. The ``complete`` event is
+published only after the commit.
+
+No Qt here: the GUI, the CLI and the HTTP server pass in their own executor
+(a QThreadPool or a thread pool) and progress sink.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import CancelledError, Executor, Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from omr_desktop.db import reprocess_store, task_store
+from omr_desktop.db.database import Database
+from omr_desktop.db.reprocess_store import SheetRow
+from omr_desktop.engine import (
+    SheetImageError,
+    SheetReading,
+    Template,
+    decide,
+    measurement_hash,
+    read_sheet,
+)
+from omr_desktop.engine.profile import ProfileSettings, parse_profile_settings
+from omr_desktop.pipeline import events as ev
+from omr_desktop.pipeline.copy_rows import encode_answers, encode_sheet
+from omr_desktop.pipeline.events import ProgressEvent, ProgressSink
+
+logger = logging.getLogger(__name__)
+
+# At most this many progress events a second while sheets are processed,
+# whatever the sheet count: a 7,109-sheet task sends about 700, not 7,109.
+PROCESSING_EVENTS_PER_S = 10
+
+# Sheets whose COPY rows are sent in one go. 64 sheets of 150 answers is
+# about 1.4 MB of COPY text: small enough to keep memory flat, large enough
+# that the two COPY round trips per chunk do not matter.
+CHUNK_SHEETS = 64
+
+# Detections in flight per worker thread, so that no thread waits while the
+# writer sends a chunk, without queueing the whole selection.
+IN_FLIGHT_PER_WORKER = 4
+
+
+class TaskCancelledError(RuntimeError):
+    """The task was cancelled between sheets; nothing was written."""
+
+    def __init__(self) -> None:
+        super().__init__("cancelled")
+
+
+class ReprocessError(RuntimeError):
+    """The task cannot finish; the message is the FAILURE reason."""
+
+
+@dataclass(frozen=True)
+class ReprocessRequest:
+    """What to reprocess and how.
+
+    Attributes:
+        keep_manual: keep the ``answer_corrected`` of answers an editor
+            corrected by hand (their new raw answer and fills are stored).
+        redecide: decide again from the stored fills, without reading any
+            image; only for a profile that measures like the stored fills.
+    """
+
+    sheet_ids: tuple[int, ...]
+    profile_id: int
+    keep_manual: bool = True
+    redecide: bool = False
+
+    def options(self) -> dict[str, Any]:
+        return {"keep_manual": self.keep_manual, "redecide": self.redecide}
+
+
+@dataclass
+class _Run:
+    """The running task's counters and its way to report."""
+
+    task_id: str
+    request: ReprocessRequest
+    sink: ProgressSink
+    started: float = field(default_factory=time.monotonic)
+    total: int = 0
+    processed: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    stage_times: dict[str, float] = field(default_factory=dict)
+    answers_written: int = 0
+    copy_bytes: int = 0
+    db_seconds: float = 0.0
+    _last_emit: float = 0.0
+
+    def emit(
+        self,
+        stage: str,
+        message: str,
+        percentage: float,
+        event: str = ev.PROGRESS,
+        status: str = task_store.STARTED,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        now = time.monotonic()
+        self._last_emit = now
+        self.sink.report(
+            ProgressEvent(
+                task_id=self.task_id,
+                event=event,
+                stage=stage,
+                message=message,
+                progress_percentage=round(percentage, 1),
+                overall_percentage=ev.overall_percentage(stage, percentage),
+                processed=self.processed,
+                total=self.total,
+                failed=len(self.failed),
+                timestamp=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                elapsed_s=round(now - self.started, 3),
+                status=status,
+                result=result,
+            )
+        )
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last_emit >= 1.0 / PROCESSING_EVENTS_PER_S
+
+    def check_cancelled(self) -> None:
+        if self.sink.cancelled:
+            raise TaskCancelledError()
+
+    def result(
+        self, counts: reprocess_store.ChangeCounts | None, sheets_score_changed: int
+    ) -> dict[str, Any]:
+        return {
+            "sheets_total": self.total,
+            "sheets_processed": self.processed - len(self.failed),
+            "sheets_failed": len(self.failed),
+            "failed_sheets": self.failed,
+            "answers_written": self.answers_written,
+            "answers_changed": counts.answers_changed if counts else 0,
+            "answers_updated": counts.answers_updated if counts else 0,
+            "answers_inserted": counts.answers_inserted if counts else 0,
+            "manual_corrections_kept": counts.manual_kept if counts else 0,
+            "sheets_score_changed": sheets_score_changed,
+            "duration_s": round(time.monotonic() - self.started, 3),
+            "database_s": round(self.db_seconds, 3),
+            "stage_s": {k: round(v, 3) for k, v in self.stage_times.items()},
+            "profile_id": self.request.profile_id,
+        }
+
+
+@dataclass(frozen=True)
+class _Job:
+    sheet: SheetRow
+    template: Template
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """One sheet's COPY rows, encoded on the worker thread."""
+
+    sheet_id: int
+    answers: bytes
+    sheet: bytes
+    answer_count: int
+
+
+def run_reprocess(
+    database: Database,
+    task_id: str,
+    request: ReprocessRequest,
+    executor: Executor,
+    workers: int,
+    sink: ProgressSink,
+) -> dict[str, Any]:
+    """Run the task to the commit and return its result.
+
+    Raises:
+        TaskCancelledError: cancelled between sheets (nothing written).
+        ReprocessError: no sheet could be read, or the profile cannot be used.
+        psycopg.Error: a database step failed (nothing written).
+    """
+    run = _Run(task_id, request, sink, total=len(request.sheet_ids))
+    with database.connect() as conn:
+        with conn.transaction():
+            jobs, settings = _load_sheets(conn, run)
+            reprocess_store.create_staging(conn)
+            _process_sheets(conn, run, jobs, settings, executor, workers)
+            _collect_results(run)
+            counts = _load_to_database(conn, run)
+            score_changes = _recalculate_scores(conn, run)
+            result = run.result(counts, score_changes)
+            task_store.mark_succeeded(conn, task_id, result)
+            commit_started = time.monotonic()
+        run.db_seconds += time.monotonic() - commit_started
+    result["database_s"] = round(run.db_seconds, 3)
+    run.emit(
+        ev.COMPLETED,
+        _completed_message(result),
+        100,
+        event=ev.COMPLETE,
+        status=task_store.SUCCESS,
+        result=result,
+    )
+    return result
+
+
+def _completed_message(result: dict[str, Any]) -> str:
+    return (
+        f"Reprocess completed: {result['sheets_processed']} sheets, "
+        f"{result['answers_changed']} answers changed, "
+        f"{result['sheets_score_changed']} scores changed"
+        + (
+            f", {result['sheets_failed']} sheets failed"
+            if result["sheets_failed"]
+            else ""
+        )
+    )
+
+
+# -- Loading Sheets ------------------------------------------------------------
+
+
+def _load_sheets(
+    conn: psycopg.Connection, run: _Run
+) -> tuple[list[_Job], ProfileSettings]:
+    started = time.monotonic()
+    run.emit(ev.LOADING_SHEETS, f"Loading {run.total} sheets", 0)
+    settings = load_profile_settings(conn, run.request.profile_id)
+    rows = reprocess_store.lock_sheets(conn, list(run.request.sheet_ids))
+    missing = sorted(set(run.request.sheet_ids) - {r.id for r in rows})
+    if missing:
+        raise ReprocessError(f"Unknown sheet ids: {_ids(missing)}.")
+    layouts = reprocess_store.load_layouts(conn, {r.template_id for r in rows})
+    templates = {tid: Template.from_dict(layout) for tid, layout in layouts.items()}
+    if run.request.redecide:
+        _check_redecide(rows, settings)
+    jobs = [_Job(row, templates[row.template_id]) for row in rows]
+    run.stage_times[ev.LOADING_SHEETS] = time.monotonic() - started
+    run.emit(ev.LOADING_SHEETS, f"Loaded {len(jobs)} sheets", 100)
+    return jobs, settings
+
+
+def load_profile_settings(conn: psycopg.Connection, profile_id: int) -> ProfileSettings:
+    """Read and validate a profile's settings.
+
+    Raises:
+        ReprocessError: the profile does not exist or its settings are invalid.
+    """
+    row = conn.execute(
+        "SELECT name, settings FROM profiles WHERE id = %s", (profile_id,)
+    ).fetchone()
+    if row is None:
+        raise ReprocessError(f"Profile {profile_id} does not exist.")
+    try:
+        return parse_profile_settings(row[1] or {})
+    except ValueError as exc:
+        raise ReprocessError(f"Profile {profile_id} ({row[0]}): {exc}") from exc
+
+
+def _check_redecide(rows: Sequence[SheetRow], settings: ProfileSettings) -> None:
+    wanted = measurement_hash(settings)
+    unusable = [r.id for r in rows if r.fills is None or r.measurement_hash != wanted]
+    if unusable:
+        raise ReprocessError(
+            f"Sheets {_ids(unusable)} have no stored fills measured the way this "
+            "profile measures, so they cannot be re-decided without their "
+            "images. Reprocess them without --redecide."
+        )
+
+
+def _ids(ids: Sequence[int], limit: int = 20) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+# -- Processing Sheets -----------------------------------------------------------
+
+
+def _process_sheets(
+    conn: psycopg.Connection,
+    run: _Run,
+    jobs: list[_Job],
+    settings: ProfileSettings,
+    executor: Executor,
+    workers: int,
+) -> None:
+    started = time.monotonic()
+    mode = "re-deciding stored fills" if run.request.redecide else "detecting"
+    run.emit(
+        ev.PROCESSING_SHEETS,
+        f"Dispatching {len(jobs)} tasks to {workers} workers ({mode})",
+        0,
+    )
+    work = _redecide_one if run.request.redecide else _detect_one
+    chunk: list[_Encoded] = []
+    for job, outcome in _in_order(jobs, work, settings, executor, workers, run):
+        run.processed += 1
+        if isinstance(outcome, _Encoded):
+            chunk.append(outcome)
+            run.answers_written += outcome.answer_count
+        else:
+            run.failed.append({"sheet_id": job.sheet.id, "error": outcome})
+        if len(chunk) >= CHUNK_SHEETS:
+            _send(conn, run, chunk)
+            chunk = []
+        if run.due() or run.processed == run.total:
+            percent = 100.0 * run.processed / max(run.total, 1)
+            run.emit(
+                ev.PROCESSING_SHEETS,
+                f"Processing: {run.processed}/{run.total} sheets completed",
+                percent,
+            )
+    _send(conn, run, chunk)
+    run.stage_times[ev.PROCESSING_SHEETS] = time.monotonic() - started
+    run.emit(
+        ev.PROCESSING_SHEETS,
+        f"All {run.total} sheets completed ({len(run.failed)} failed)",
+        100,
+    )
+    if run.processed and len(run.failed) == run.processed:
+        first = run.failed[0]
+        raise ReprocessError(
+            f"No sheet could be read, so nothing was written. Sheet "
+            f"{first['sheet_id']}: {first['error']}"
+        )
+
+
+def _detect_one(job: _Job, settings: ProfileSettings) -> _Encoded:
+    reading = read_sheet(Path(job.sheet.image_path), job.template, settings)
+    return _encode(job.sheet.id, reading)
+
+
+def _redecide_one(job: _Job, settings: ProfileSettings) -> _Encoded:
+    fills = np.asarray(job.sheet.fills, dtype=np.float32)
+    reading = decide(fills, job.template, settings.decision)
+    stored = job.sheet.measurement_hash or ""
+    return _encode(job.sheet.id, _with_hash(reading, stored))
+
+
+def _with_hash(reading: SheetReading, value: str) -> SheetReading:
+    return dataclasses.replace(reading, measurement_hash=value)
+
+
+def _encode(sheet_id: int, reading: SheetReading) -> _Encoded:
+    return _Encoded(
+        sheet_id,
+        encode_answers(sheet_id, reading.answers),
+        encode_sheet(sheet_id, reading),
+        len(reading.answers),
+    )
+
+
+def _in_order(
+    jobs: list[_Job],
+    work: Any,
+    settings: ProfileSettings,
+    executor: Executor,
+    workers: int,
+    run: _Run,
+) -> Iterator[tuple[_Job, _Encoded | str]]:
+    """Yield each job with its encoded rows or its error, checking for cancel."""
+    window: deque[tuple[_Job, Future[_Encoded]]] = deque()
+    limit = max(1, workers) * IN_FLIGHT_PER_WORKER
+    pending = iter(jobs)
+    try:
+        while True:
+            run.check_cancelled()
+            while len(window) < limit:
+                job = next(pending, None)
+                if job is None:
+                    break
+                window.append((job, executor.submit(work, job, settings)))
+            if not window:
+                return
+            job, future = window.popleft()
+            yield job, _outcome(job, future)
+    finally:
+        for _job, future in window:
+            future.cancel()
+
+
+def _outcome(job: _Job, future: Future[_Encoded]) -> _Encoded | str:
+    try:
+        return future.result()
+    except SheetImageError as exc:
+        logger.warning("Sheet %d not reprocessed: %s", job.sheet.id, exc)
+        return str(exc)
+    except CancelledError:
+        return "cancelled"
+    except (ValueError, OSError) as exc:
+        # An image whose size does not fit the template, or an unreadable
+        # file, fails its sheet only.
+        logger.warning("Sheet %d not reprocessed: %s", job.sheet.id, exc)
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _send(conn: psycopg.Connection, run: _Run, chunk: list[_Encoded]) -> None:
+    if not chunk:
+        return
+    answers = b"".join(e.answers for e in chunk)
+    sheets = b"".join(e.sheet for e in chunk)
+    started = time.monotonic()
+    reprocess_store.copy_chunk(conn, answers, sheets)
+    run.db_seconds += time.monotonic() - started
+    run.copy_bytes += len(answers) + len(sheets)
+
+
+# -- Collecting, generating, loading, recalculating --------------------------------
+
+
+def _collect_results(run: _Run) -> None:
+    good = run.processed - len(run.failed)
+    run.emit(ev.COLLECTING_RESULTS, "Collecting results from the workers", 0)
+    run.emit(
+        ev.COLLECTING_RESULTS,
+        f"Collected {good} results ({len(run.failed)} failed)",
+        100,
+    )
+    run.emit(ev.GENERATING_CSV, "Encoding COPY rows for the staging tables", 0)
+    megabytes = run.copy_bytes / 1e6
+    run.emit(
+        ev.GENERATING_CSV,
+        f"CSV generation complete: {good} sheets, {run.answers_written} answers "
+        f"({megabytes:.1f} MB of COPY text staged)",
+        100,
+    )
+
+
+def _load_to_database(
+    conn: psycopg.Connection, run: _Run
+) -> reprocess_store.ChangeCounts:
+    good = run.processed - len(run.failed)
+    run.emit(
+        ev.LOADING_TO_DATABASE,
+        f"Updating answers of {good} sheets from the staging table",
+        0,
+    )
+    started = time.monotonic()
+    counts = reprocess_store.apply_changes(conn, run.task_id, run.request.keep_manual)
+    elapsed = time.monotonic() - started
+    run.db_seconds += elapsed
+    run.stage_times[ev.LOADING_TO_DATABASE] = elapsed
+    run.emit(
+        ev.LOADING_TO_DATABASE,
+        f"Database load complete: {good} sheets, {run.answers_written} answers "
+        f"in {run.db_seconds * 1000:.0f}ms ({counts.answers_updated} rows "
+        "updated)",
+        100,
+    )
+    return counts
+
+
+def _recalculate_scores(conn: psycopg.Connection, run: _Run) -> int:
+    run.emit(ev.RECALCULATING_SCORES, "Recalculating scores and flags", 0)
+    started = time.monotonic()
+    sheet_ids = reprocess_store.staged_sheet_ids(conn)
+    row = conn.execute(
+        "CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", (sheet_ids,)
+    ).fetchone()
+    rescored = int(row[0]) if row and row[0] is not None else 0
+    changed = reprocess_store.count_score_changes(conn, run.task_id)
+    elapsed = time.monotonic() - started
+    run.db_seconds += elapsed
+    run.stage_times[ev.RECALCULATING_SCORES] = elapsed
+    run.emit(
+        ev.RECALCULATING_SCORES,
+        f"Rescored {rescored} sheets ({changed} scores changed)",
+        100,
+    )
+    return changed

@@ -1,0 +1,401 @@
+"""The reprocess queue of one application instance.
+
+Tasks run one at a time, in the order they were submitted; later ones wait
+as PENDING. A request whose sheets overlap those of a running or queued
+task is rejected at once, naming that task. Across processes (the GUI and a
+command-line run on the same database), row locks taken with NOWAIT reject
+the second task in the same way, so two tasks never interleave their writes.
+
+Every event a task publishes is stored in ``task_events`` (on its own
+connection, so it is visible while the task's transaction is still open)
+and handed to the listeners, on the runner thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from omr_desktop.db import task_store
+from omr_desktop.db.database import Database
+from omr_desktop.db.reprocess_store import SheetsBusyError, busy_tasks
+from omr_desktop.pipeline import events as ev
+from omr_desktop.pipeline.events import ProgressEvent
+from omr_desktop.pipeline.reprocess import (
+    ReprocessError,
+    ReprocessRequest,
+    TaskCancelledError,
+    run_reprocess,
+)
+
+logger = logging.getLogger(__name__)
+
+# A selection larger than this is rejected: it is 14 batches of 7,109 sheets.
+MAX_SHEETS_PER_TASK = 100_000
+
+Listener = Callable[[ProgressEvent], None]
+
+
+class TaskRequestError(ValueError):
+    """A reprocess request is invalid; nothing was queued.
+
+    Attributes:
+        http_status: the HTTP status the server answers with.
+    """
+
+    http_status = 400
+
+
+class EmptySelectionError(TaskRequestError):
+    """No sheet was selected."""
+
+
+class TooManySheetsError(TaskRequestError):
+    """More sheets than one task takes."""
+
+    http_status = 413
+
+
+class UnknownProfileError(TaskRequestError):
+    """The profile id does not exist."""
+
+    http_status = 404
+
+
+class UnknownSheetsError(TaskRequestError):
+    """Some sheet ids do not exist.
+
+    Attributes:
+        missing: the unknown ids, sorted.
+    """
+
+    http_status = 404
+
+    def __init__(self, missing: Sequence[int]) -> None:
+        shown = ", ".join(str(i) for i in missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        super().__init__(f"Unknown sheet ids: {shown}{more}.")
+        self.missing = list(missing)
+
+
+class TaskConflictError(TaskRequestError):
+    """The sheets overlap those of a running or queued task.
+
+    Attributes:
+        task_id: the task that holds them.
+        sheet_ids: the overlapping sheets, sorted.
+    """
+
+    http_status = 409
+
+    def __init__(self, task_id: str, sheet_ids: Sequence[int]) -> None:
+        shown = ", ".join(str(i) for i in sheet_ids[:20])
+        more = f" and {len(sheet_ids) - 20} more" if len(sheet_ids) > 20 else ""
+        super().__init__(
+            f"Sheets {shown}{more} are already in task {task_id}, which is queued "
+            "or running. Wait for it to finish or cancel it."
+        )
+        self.task_id = task_id
+        self.sheet_ids = list(sheet_ids)
+
+
+@dataclass
+class _Active:
+    task_id: str
+    request: ReprocessRequest
+    sheets: frozenset[int]
+    cancel_requested: bool = False
+    started: bool = False
+    future: Future[None] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class _TaskSink:
+    """Store a task's events and pass them to the listeners."""
+
+    def __init__(self, manager: TaskManager, active: _Active) -> None:
+        self._manager = manager
+        self._active = active
+        self._conn: psycopg.Connection | None = None
+        self._next_id = 1
+
+    def report(self, event: ProgressEvent) -> None:
+        stored = replace(event, event_id=self._next_id)
+        self._next_id += 1
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = self._manager.database.connect(autocommit=True)
+            task_store.append_event(
+                self._conn,
+                stored.task_id,
+                stored.event_id,
+                stored.event,
+                stored.to_dict(),
+            )
+        except psycopg.Error:
+            # The live listeners still get the event; only a late
+            # subscriber's history misses it.
+            logger.exception(
+                "Storing event %d of task %s failed", stored.event_id, stored.task_id
+            )
+        self._manager.notify(stored)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._active.cancel_requested
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+class TaskManager:
+    """Queue and run reprocess tasks; thread-safe.
+
+    Args:
+        executor: where sheets are detected (a QThreadPool adapter in the
+            GUI, a thread pool elsewhere); the manager does not shut it down.
+        workers: how many threads the executor runs, for the in-flight window.
+    """
+
+    def __init__(self, database: Database, executor: Executor, workers: int) -> None:
+        self.database = database
+        self._executor = executor
+        self._workers = workers
+        self._runner = ThreadPoolExecutor(1, thread_name_prefix="reprocess-runner")
+        self._lock = threading.Lock()
+        self._active: dict[str, _Active] = {}
+        self._listeners: list[Listener] = []
+        self._fail_interrupted()
+
+    def _fail_interrupted(self) -> None:
+        with self.database.connect(autocommit=True) as conn:
+            for task_id in task_store.mark_interrupted(conn):
+                logger.warning(
+                    "Task %s was left unfinished by a process that "
+                    "died; marked FAILURE (interrupted)",
+                    task_id,
+                )
+
+    # -- Listeners -------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with every event of every task; return a remover."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def notify(self, event: ProgressEvent) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - one bad listener must not stop a task
+                logger.exception("A progress listener failed on task %s", event.task_id)
+
+    # -- Submitting and cancelling -----------------------------------------
+
+    def submit(self, request: ReprocessRequest) -> str:
+        """Validate and queue ``request``; return its task id.
+
+        Raises:
+            TaskRequestError: empty selection, too many sheets, unknown
+                profile or sheets, or an overlap with a queued or running task.
+        """
+        request = self._validated(request)
+        task_id = str(uuid.uuid4())
+        active = _Active(task_id, request, frozenset(request.sheet_ids))
+        with self._lock:
+            self._check_overlap(active.sheets)
+            with self.database.connect(autocommit=True) as conn:
+                task_store.create_task(
+                    conn,
+                    task_id,
+                    request.profile_id,
+                    list(request.sheet_ids),
+                    request.options(),
+                )
+            self._active[task_id] = active
+        logger.info(
+            "Task %s queued: %d sheets, profile %d",
+            task_id,
+            len(request.sheet_ids),
+            request.profile_id,
+        )
+        active.future = self._runner.submit(self._run, active)
+        return task_id
+
+    def _validated(self, request: ReprocessRequest) -> ReprocessRequest:
+        sheet_ids = tuple(dict.fromkeys(request.sheet_ids))
+        if not sheet_ids:
+            raise EmptySelectionError("No sheets selected: give at least one sheet id.")
+        if len(sheet_ids) > MAX_SHEETS_PER_TASK:
+            raise TooManySheetsError(
+                f"{len(sheet_ids):,} sheets are more than one task takes "
+                f"({MAX_SHEETS_PER_TASK:,}). Split the selection."
+            )
+        with self.database.connect() as conn:
+            if (
+                conn.execute(
+                    "SELECT 1 FROM profiles WHERE id = %s", (request.profile_id,)
+                ).fetchone()
+                is None
+            ):
+                raise UnknownProfileError(
+                    f"Profile {request.profile_id} does not exist. "
+                    "'omr-desktop reprocess --help' lists how to choose one."
+                )
+            rows = conn.execute(
+                "SELECT id FROM sheets WHERE id = ANY(%s)", (list(sheet_ids),)
+            ).fetchall()
+        missing = sorted(set(sheet_ids) - {int(r[0]) for r in rows})
+        if missing:
+            raise UnknownSheetsError(missing)
+        return replace(request, sheet_ids=sheet_ids)
+
+    def _check_overlap(self, sheets: frozenset[int]) -> None:
+        for other in self._active.values():
+            overlap = sheets & other.sheets
+            if overlap:
+                raise TaskConflictError(other.task_id, sorted(overlap))
+
+    def cancel(self, task_id: str) -> bool:
+        """Ask a queued or running task to stop; return False if it is not active."""
+        with self._lock:
+            active = self._active.get(task_id)
+            if active is None:
+                return False
+            active.cancel_requested = True
+        logger.info("Cancel requested for task %s", task_id)
+        return True
+
+    def is_active(self, task_id: str) -> bool:
+        with self._lock:
+            return task_id in self._active
+
+    def active_task_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._active)
+
+    def wait(self, task_id: str, timeout_s: float | None = None) -> bool:
+        """Wait until the task has ended; return False on timeout."""
+        with self._lock:
+            active = self._active.get(task_id)
+        return True if active is None else active.done.wait(timeout_s)
+
+    def shutdown(self, cancel: bool = True) -> None:
+        """Cancel (by default) the active tasks and wait for the runner to stop."""
+        if cancel:
+            with self._lock:
+                for active in self._active.values():
+                    active.cancel_requested = True
+        self._runner.shutdown(wait=True)
+
+    # -- Running ---------------------------------------------------------
+
+    def _run(self, active: _Active) -> None:
+        sink = _TaskSink(self, active)
+        try:
+            self._run_with(active, sink)
+        finally:
+            sink.close()
+            with self._lock:
+                self._active.pop(active.task_id, None)
+            active.done.set()
+
+    def _run_with(self, active: _Active, sink: _TaskSink) -> None:
+        task_id = active.task_id
+        if active.cancel_requested:
+            self._fail(sink, active, "cancelled", {})
+            return
+        with self.database.connect(autocommit=True) as conn:
+            task_store.mark_started(conn, task_id)
+        active.started = True
+        logger.info("Task %s started", task_id)
+        try:
+            result = run_reprocess(
+                self.database,
+                task_id,
+                active.request,
+                self._executor,
+                self._workers,
+                sink,
+            )
+        except TaskCancelledError:
+            self._fail(sink, active, "cancelled", {})
+        except (ReprocessError, SheetsBusyError) as exc:
+            self._fail(sink, active, self._reason(exc, active), {})
+        except psycopg.Error as exc:
+            logger.exception("Task %s failed in the database", task_id)
+            self._fail(sink, active, f"Database error: {_first_line(exc)}", {})
+        except Exception as exc:  # noqa: BLE001 - the task ends as FAILURE
+            logger.exception("Task %s failed", task_id)
+            self._fail(sink, active, f"Internal error: {type(exc).__name__}: {exc}", {})
+        else:
+            logger.info(
+                "Task %s succeeded: %d sheets, %d answers changed in %.1f s",
+                task_id,
+                result["sheets_processed"],
+                result["answers_changed"],
+                result["duration_s"],
+            )
+
+    def _reason(self, exc: Exception, active: _Active) -> str:
+        if not isinstance(exc, SheetsBusyError):
+            return str(exc)
+        with self.database.connect() as conn:
+            others = [
+                t
+                for t in busy_tasks(conn, list(active.request.sheet_ids))
+                if t != active.task_id
+            ]
+        if others:
+            return (
+                f"Some of the selected sheets are being reprocessed by task "
+                f"{', '.join(others)}. Wait for it to finish, then try again."
+            )
+        return str(exc)
+
+    def _fail(
+        self, sink: _TaskSink, active: _Active, reason: str, result: dict[str, Any]
+    ) -> None:
+        with self.database.connect(autocommit=True) as conn:
+            task_store.mark_failed(conn, active.task_id, reason, result)
+        logger.warning("Task %s failed: %s", active.task_id, reason)
+        sink.report(
+            ProgressEvent(
+                task_id=active.task_id,
+                event=ev.ERROR,
+                stage=ev.FAILED,
+                message=f"Reprocess failed: {reason}",
+                progress_percentage=0.0,
+                overall_percentage=0.0,
+                processed=0,
+                total=len(active.request.sheet_ids),
+                failed=0,
+                timestamp=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                elapsed_s=0.0,
+                status=task_store.FAILURE,
+                result={"reason": reason, **result},
+            )
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
