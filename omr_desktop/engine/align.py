@@ -1,11 +1,12 @@
 """Find a small per-block shift that puts the template's boxes on the marks.
 
 Template coordinates are often a few pixels off the printed bubbles, and a
-scan can be shifted by a few pixels more; OMRChecker's own Sandeep-1507
-sample drifts by about half a bubble at the bottom of the page. For each
-block, every shift within the search range is scored by how much the
-darkest bubble of each field stands out from the field's mean (box means
-from one integral image), and the best shift is kept when it beats no shift
+scan can be shifted by a few pixels more. On OMRChecker's Sandeep-1507
+sample omr-3 the boxes miss by about half a bubble near the bottom.
+
+For each block, every shift within the search range gets a score: the sum
+over fields of (field mean grey - darkest bubble's grey), from box means
+over one integral image. The best shift is kept when it beats no shift
 clearly. A blank block has no contrast to gain and stays where it is.
 """
 
@@ -19,8 +20,8 @@ import numpy.typing as npt
 
 from omr_desktop.engine.layout import FieldLayout
 
-# A shift must raise the block's contrast by this fraction over no shift;
-# below it the gain is noise and moving would only risk neighbour bubbles.
+# A shift must raise the block's contrast by this fraction over no shift.
+# A smaller gain is noise, and moving would only risk neighbour bubbles.
 _MIN_GAIN = 0.15
 # Reduced bubbles are about this many pixels across, enough to place a
 # box within a pixel or two of the page at a fraction of the cost.

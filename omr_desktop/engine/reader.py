@@ -27,8 +27,8 @@ def read_sheet(
     release the GIL, and two threads that race to fill a per-template cache
     at most build the same entry twice.
 
-    The image is measured at the resolution it was decoded at, which is
-    half the page for templates with bubbles of 24 px or more; enlarging
+    The image is measured at the resolution it was decoded at. That is half
+    the page for templates with bubbles of 24 px or more, because enlarging
     it first would add no information.
 
     Raises:

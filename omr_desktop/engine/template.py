@@ -1,4 +1,4 @@
-"""Sheet templates: where each bubble sits and what it stands for.
+"""Sheet templates: where each bubble sits and which value it marks.
 
 A template describes one sheet layout in a canvas of ``page_width`` x
 ``page_height`` pixels. Every image is resized to that canvas before it is
@@ -26,7 +26,7 @@ class TemplateError(ValueError):
 
 
 class FieldKind(enum.Enum):
-    """Whether a field is an answer to score or part of the sheet's identity."""
+    """Whether a field is a question to score or part of the sheet's identity."""
 
     QUESTION = "question"
     IDENTIFIER = "identifier"
@@ -243,11 +243,11 @@ def load_template(
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise TemplateError(f"cannot read template {path}: {exc.strerror}") from exc
+        raise TemplateError(f"failed to read template {path}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
         raise TemplateError(f"template {path} is not valid JSON: {exc}") from exc
     if not isinstance(data, Mapping):
-        raise TemplateError(f"template {path} must hold a JSON object")
+        raise TemplateError(f"template {path} must contain a JSON object")
     return parse_omrchecker_template(
         data, identifier_columns=identifier_columns, name=path.parent.name
     )

@@ -221,7 +221,7 @@ def test_sandeep_template_shape() -> None:
 
 
 def test_missing_template_file(tmp_path: Path) -> None:
-    with pytest.raises(TemplateError, match="cannot read"):
+    with pytest.raises(TemplateError, match="failed to read"):
         load_template(tmp_path / "none.json")
 
 
