@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     from omr_desktop import cli_batches
 
     cli_batches.add_batch_commands(commands)
+    from omr_desktop import cli_reprocess
+
+    cli_reprocess.add_reprocess_commands(commands)
     _add_optional_commands(commands)
     return parser
 

@@ -39,6 +39,13 @@ def add_db_commands(commands: argparse._SubParsersAction) -> None:  # type: igno
     cmd.set_defaults(handler=run_restore)
 
     cmd = sub.add_parser(
+        "prune-history",
+        help="delete the undo history of all but the newest N reprocess tasks",
+    )
+    cmd.add_argument("--keep", type=int, required=True, metavar="N")
+    cmd.set_defaults(handler=run_prune_history)
+
+    cmd = sub.add_parser(
         "use",
         help="save which database to use: a PostgreSQL URL, or 'embedded'",
     )
@@ -122,6 +129,21 @@ def _confirm(prompt: str) -> bool:
         return input(prompt).strip().lower() in {"y", "yes"}
     except EOFError:
         return False
+
+
+def run_prune_history(args: argparse.Namespace) -> int:
+    from omr_desktop.db.history_store import prune_history
+
+    if args.keep < 0:
+        print(f"error: --keep must be 0 or more, not {args.keep}.")
+        return 2
+    with Database() as database, database.connect() as conn:
+        tasks, rows = prune_history(conn, args.keep)
+    print(
+        f"Pruned the history of {tasks} task(s) ({rows:,} rows); kept the "
+        f"newest {args.keep}."
+    )
+    return 0
 
 
 def run_use(args: argparse.Namespace) -> int:

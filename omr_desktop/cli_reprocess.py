@@ -1,0 +1,307 @@
+"""The ``omr-desktop reprocess`` and ``omr-desktop export`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from omr_desktop.db.database import Database
+from omr_desktop.pipeline.events import ProgressEvent
+
+EXIT_OK = 0
+EXIT_TASK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SHEETS_FAILED = 3
+
+
+def add_reprocess_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``reprocess`` and ``export``."""
+    cmd = commands.add_parser(
+        "reprocess",
+        help="reprocess sheets with a profile, or undo a reprocess",
+        description="Detect the selected sheets again with a profile and replace "
+        "their answers, scores and flags in one transaction. Exit status: 0 "
+        "success (failed sheets are listed), 1 the task failed, 2 invalid "
+        "arguments, 3 with --strict when any sheet failed.",
+    )
+    target = cmd.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--sheets",
+        type=_id_list,
+        metavar="IDS",
+        help="comma-separated sheet ids, such as 12345,12346",
+    )
+    target.add_argument("--batch", metavar="NAME", help="every sheet of a batch")
+    target.add_argument(
+        "--undo", metavar="TASK_ID", help="restore what a reprocess task changed"
+    )
+    cmd.add_argument(
+        "--profile",
+        type=int,
+        metavar="ID",
+        help="profile id (1 Default, 2 Sensitive, 3 Strict)",
+    )
+    cmd.add_argument(
+        "--redecide",
+        action="store_true",
+        help="decide again from stored fills without reading images "
+        "(profiles that measure like the stored fills only)",
+    )
+    cmd.add_argument(
+        "--override-manual",
+        action="store_true",
+        help="replace answers an editor corrected by hand too",
+    )
+    cmd.add_argument(
+        "--strict", action="store_true", help="exit with status 3 when any sheet failed"
+    )
+    cmd.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        metavar="N",
+        help="detection threads (default: number of cores)",
+    )
+    cmd.set_defaults(handler=run_reprocess_command)
+
+    export = commands.add_parser(
+        "export", help="write a batch's scores and answers to a CSV file"
+    )
+    export.add_argument("--batch", required=True, metavar="NAME")
+    export.add_argument(
+        "--sheets", type=_id_list, metavar="IDS", help="only these sheet ids"
+    )
+    export.add_argument("--out", type=Path, required=True, metavar="FILE.csv")
+    export.add_argument(
+        "--answers",
+        action="store_true",
+        help="one row per answer (raw, corrected, confidence, "
+        "reason) instead of one row per sheet",
+    )
+    export.set_defaults(handler=run_export)
+
+
+def _id_list(text: str) -> list[int]:
+    ids = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) <= 0:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not a sheet id: use positive integers such as 12,13"
+            )
+        ids.append(int(part))
+    if not ids:
+        raise argparse.ArgumentTypeError("no sheet ids given")
+    return ids
+
+
+def run_reprocess_command(args: argparse.Namespace) -> int:
+    if args.undo:
+        return _run_undo(args.undo)
+    if args.profile is None:
+        print(
+            "error: --profile is required (1 Default, 2 Sensitive, 3 Strict).",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.workers < 1:
+        print(
+            f"error: --workers must be at least 1, not {args.workers}.", file=sys.stderr
+        )
+        return EXIT_USAGE
+    with Database() as database:
+        sheet_ids = args.sheets or _batch_sheet_ids(database, args.batch)
+        if sheet_ids is None:
+            return EXIT_USAGE
+        return _run_task(database, sheet_ids, args)
+
+
+def _batch_sheet_ids(database: Database, name: str) -> list[int] | None:
+    with database.connect() as conn:
+        batch = conn.execute(
+            "SELECT id FROM batches WHERE name = %s", (name,)
+        ).fetchone()
+        if batch is None:
+            print(
+                f"error: no batch named {name!r}. 'omr-desktop db status' counts "
+                "the batches; the GUI lists them.",
+                file=sys.stderr,
+            )
+            return None
+        rows = conn.execute(
+            "SELECT id FROM sheets WHERE batch_id = %s ORDER BY sequence_no",
+            (batch[0],),
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _run_task(
+    database: Database, sheet_ids: list[int], args: argparse.Namespace
+) -> int:
+    from omr_desktop.pipeline.reprocess import ReprocessRequest
+    from omr_desktop.pipeline.task_manager import TaskManager, TaskRequestError
+
+    request = ReprocessRequest(
+        tuple(sheet_ids),
+        args.profile,
+        keep_manual=not args.override_manual,
+        redecide=args.redecide,
+    )
+    final: list[ProgressEvent] = []
+    bar = ProgressBar(sys.stderr)
+    with ThreadPoolExecutor(args.workers, thread_name_prefix="detect") as executor:
+        manager = TaskManager(database, executor, args.workers)
+        manager.add_listener(bar.update)
+        manager.add_listener(
+            lambda e: final.append(e) if e.event != "progress" else None
+        )
+        try:
+            task_id = manager.submit(request)
+        except TaskRequestError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            manager.shutdown()
+            return EXIT_USAGE
+        print(
+            f"Task {task_id}: {len(request.sheet_ids)} sheets, profile {args.profile}",
+            file=sys.stderr,
+        )
+        try:
+            while not manager.wait(task_id, 0.5):
+                pass
+        except KeyboardInterrupt:
+            manager.cancel(task_id)
+            manager.wait(task_id)
+        manager.shutdown()
+    bar.finish()
+    return _report(final[-1] if final else None, args.strict)
+
+
+def _report(event: ProgressEvent | None, strict: bool) -> int:
+    if event is None or event.event != "complete" or event.result is None:
+        reason = event.message if event else "the task ended without a result"
+        print(f"error: {reason}", file=sys.stderr)
+        return EXIT_TASK_FAILED
+    result = event.result
+    print(f"Task {event.task_id} succeeded in {result['duration_s']:.1f} s:")
+    print(
+        f"  sheets: {result['sheets_processed']} processed, "
+        f"{result['sheets_failed']} failed, of {result['sheets_total']}"
+    )
+    print(
+        f"  answers: {result['answers_written']} written, "
+        f"{result['answers_changed']} changed; "
+        f"{result['sheets_score_changed']} scores changed"
+    )
+    for failed in result["failed_sheets"]:
+        print(f"  failed sheet {failed['sheet_id']}: {failed['error']}")
+    if strict and result["sheets_failed"]:
+        return EXIT_SHEETS_FAILED
+    return EXIT_OK
+
+
+def _run_undo(task_id: str) -> int:
+    import uuid
+
+    from omr_desktop.db.history_store import UndoError, undo_task
+
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        print(
+            f"error: {task_id!r} is not a task id (a UUID such as "
+            "c8f2b3c4-0000-4000-8000-000000000000).",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    with Database() as database, database.connect() as conn:
+        try:
+            result = undo_task(conn, task_id)
+        except UndoError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_TASK_FAILED
+    print(
+        f"Undid task {task_id}: {result.sheets_restored} sheets and "
+        f"{result.answers_restored + result.answers_deleted} answers restored."
+    )
+    return EXIT_OK
+
+
+class ProgressBar:
+    """A one-line terminal progress bar: stage, processed/total, rate, time left.
+
+    Updated from the task's runner thread; prints a line per stage when the
+    output is not a terminal.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._last_stage = ""
+        self._drawn = False
+
+    def update(self, event: ProgressEvent) -> None:
+        with self._lock:
+            if self._tty:
+                self._draw(event)
+            elif event.stage != self._last_stage or event.progress_percentage == 100:
+                print(f"[{event.stage}] {event.message}", file=self._stream, flush=True)
+            self._last_stage = event.stage
+
+    def _draw(self, event: ProgressEvent) -> None:
+        width = shutil.get_terminal_size((100, 20)).columns
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = event.processed / elapsed
+        left = (event.total - event.processed) / rate if rate > 0 else 0.0
+        cells = 24
+        filled = int(cells * event.overall_percentage / 100)
+        bar = "#" * filled + "-" * (cells - filled)
+        text = (
+            f"[{bar}] {event.overall_percentage:5.1f}% {event.stage}: "
+            f"{event.processed}/{event.total} sheets, {rate:.0f}/s, "
+            f"{_duration(left)} left"
+        )
+        self._stream.write("\r" + text[: width - 1].ljust(width - 1))
+        self._stream.flush()
+        self._drawn = True
+
+    def finish(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    return f"{seconds // 60}m {seconds % 60}s"
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from omr_desktop.db.export import ExportError, export_batch
+
+    with Database() as database, database.connect() as conn:
+        try:
+            rows = export_batch(
+                conn,
+                args.batch,
+                args.out,
+                sheet_ids=args.sheets,
+                per_answer=args.answers,
+            )
+        except ExportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    print(f"Wrote {rows:,} rows to {args.out}.")
+    return EXIT_OK

@@ -1,0 +1,181 @@
+"""Undo a reprocess from its history, and prune old history."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+
+from omr_desktop.db.reprocess_store import SheetsBusyError
+
+logger = logging.getLogger(__name__)
+
+
+class UndoError(RuntimeError):
+    """The task cannot be undone; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    """What an undo restored."""
+
+    task_id: str
+    sheets_restored: int
+    answers_restored: int
+    answers_deleted: int
+
+
+def undo_task(conn: psycopg.Connection, task_id: str) -> UndoResult:
+    """Restore every answer and sheet the task changed, then rescore those sheets.
+
+    Runs in one transaction (the caller's connection must not be in one);
+    on any error nothing changes.
+
+    Raises:
+        UndoError: unknown or unfinished task, already undone, history
+            pruned, a later task or a manual correction changed the same
+            sheets since.
+    """
+    with conn.transaction():
+        sheet_ids, finished_at = _undoable(conn, task_id)
+        _lock(conn, sheet_ids)
+        _check_no_later_changes(conn, task_id, sheet_ids, finished_at)
+        restored, deleted = _restore_answers(conn, task_id)
+        sheets = _restore_sheets(conn, task_id)
+        conn.execute("CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", (sheet_ids,))
+        conn.execute(
+            "UPDATE reprocess_tasks SET undone_at = now() WHERE task_id = %s",
+            (task_id,),
+        )
+    logger.info(
+        "Undid task %s: %d sheets, %d answers restored", task_id, sheets, restored
+    )
+    return UndoResult(task_id, sheets, restored, deleted)
+
+
+def _undoable(conn: psycopg.Connection, task_id: str) -> tuple[list[int], object]:
+    row = conn.execute(
+        "SELECT status, sheet_ids, finished_at, undone_at, history_pruned"
+        " FROM reprocess_tasks WHERE task_id = %s",
+        (task_id,),
+    ).fetchone()
+    if row is None:
+        raise UndoError(f"Task {task_id} does not exist.")
+    status, sheet_ids, finished_at, undone_at, pruned = row
+    if status != "SUCCESS":
+        raise UndoError(
+            f"Task {task_id} is {status}; only a task that succeeded "
+            "changed anything to undo."
+        )
+    if undone_at is not None:
+        raise UndoError(f"Task {task_id} was undone already, at {undone_at}.")
+    if pruned:
+        raise UndoError(
+            f"The history of task {task_id} was pruned, so it cannot be undone."
+        )
+    return [int(s) for s in sheet_ids], finished_at
+
+
+def _lock(conn: psycopg.Connection, sheet_ids: list[int]) -> None:
+    try:
+        conn.execute(
+            "SELECT id FROM sheets WHERE id = ANY(%s) FOR UPDATE NOWAIT", (sheet_ids,)
+        )
+    except psycopg.errors.LockNotAvailable as exc:
+        raise SheetsBusyError(
+            "Some of the task's sheets are being changed right now. Wait for that "
+            "to finish, then undo again."
+        ) from exc
+
+
+def _check_no_later_changes(
+    conn: psycopg.Connection, task_id: str, sheet_ids: list[int], finished_at: object
+) -> None:
+    later = conn.execute(
+        "SELECT task_id::text FROM reprocess_tasks"
+        " WHERE status = 'SUCCESS' AND undone_at IS NULL AND task_id <> %s"
+        " AND finished_at > %s AND sheet_ids && %s::bigint[] ORDER BY finished_at",
+        (task_id, finished_at, sheet_ids),
+    ).fetchall()
+    if later:
+        names = ", ".join(r[0] for r in later)
+        raise UndoError(
+            f"Task {task_id} cannot be undone: later task(s) {names} reprocessed "
+            "some of the same sheets. Undo those first, newest first."
+        )
+    corrected = conn.execute(
+        "SELECT DISTINCT sheet_id FROM omr_answers WHERE sheet_id = ANY(%s)"
+        " AND corrected_at > %s ORDER BY 1",
+        (sheet_ids, finished_at),
+    ).fetchall()
+    if corrected:
+        names = ", ".join(str(r[0]) for r in corrected[:20])
+        raise UndoError(
+            f"Task {task_id} cannot be undone: answers of sheets {names} were "
+            "corrected by hand after it, and undo would lose those corrections."
+        )
+
+
+def _restore_answers(conn: psycopg.Connection, task_id: str) -> tuple[int, int]:
+    updated = conn.execute(
+        "UPDATE omr_answers a SET answer_raw = h.answer_raw,"
+        " answer_corrected = h.answer_corrected,"
+        " confidence_score = h.confidence_score, fills = h.fills,"
+        " reason = h.reason, needs_review = h.needs_review,"
+        " corrected_by = h.corrected_by, corrected_at = h.corrected_at"
+        " FROM answer_history h"
+        " WHERE h.task_id = %s AND NOT h.inserted"
+        "   AND a.sheet_id = h.sheet_id AND a.question = h.question",
+        (task_id,),
+    ).rowcount
+    deleted = conn.execute(
+        "DELETE FROM omr_answers a USING answer_history h"
+        " WHERE h.task_id = %s AND h.inserted"
+        "   AND a.sheet_id = h.sheet_id AND a.question = h.question",
+        (task_id,),
+    ).rowcount
+    return updated, deleted
+
+
+def _restore_sheets(conn: psycopg.Connection, task_id: str) -> int:
+    return conn.execute(
+        "UPDATE sheets s SET status = h.status, error = h.error,"
+        " last_profile_id = h.last_profile_id, processed_at = h.processed_at,"
+        " measurement_hash = h.measurement_hash, identifiers = h.identifiers,"
+        " fills = h.fills"
+        " FROM sheet_history h WHERE h.task_id = %s AND s.id = h.sheet_id",
+        (task_id,),
+    ).rowcount
+
+
+def prune_history(conn: psycopg.Connection, keep: int) -> tuple[int, int]:
+    """Delete the history of all but the ``keep`` newest finished tasks.
+
+    Returns:
+        (tasks pruned, history rows deleted). Pruned tasks can no longer be
+        undone; their rows and events stay.
+    """
+    if keep < 0:
+        raise ValueError(f"--keep must be 0 or more, not {keep}.")
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT task_id FROM reprocess_tasks"
+            " WHERE status IN ('SUCCESS', 'FAILURE') AND NOT history_pruned"
+            " ORDER BY finished_at DESC NULLS LAST, created_at DESC OFFSET %s",
+            (keep,),
+        ).fetchall()
+        task_ids = [r[0] for r in rows]
+        if not task_ids:
+            return 0, 0
+        answers = conn.execute(
+            "DELETE FROM answer_history WHERE task_id = ANY(%s)", (task_ids,)
+        ).rowcount
+        sheets = conn.execute(
+            "DELETE FROM sheet_history WHERE task_id = ANY(%s)", (task_ids,)
+        ).rowcount
+        conn.execute(
+            "UPDATE reprocess_tasks SET history_pruned = true WHERE task_id = ANY(%s)",
+            (task_ids,),
+        )
+    return len(task_ids), answers + sheets
