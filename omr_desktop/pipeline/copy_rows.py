@@ -8,6 +8,7 @@ text stays about 7 KB per 750 bubbles.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 
@@ -42,17 +43,33 @@ def real_array(values: Iterable[float]) -> str:
 
 
 def encode_answers(sheet_id: int, answers: Sequence[Answer]) -> bytes:
-    """Return the COPY text rows of one sheet's answers, in ANSWER_COLUMNS order."""
+    """Return the COPY text rows of one sheet's answers, in ANSWER_COLUMNS order.
+
+    The rows are filled into one %-format string per sheet layout (cached),
+    so the per-value work happens in one C-level formatting call; in a
+    Python loop over 150 answers it took 0.7 ms a sheet.
+    """
+    layout = tuple((a.question, len(a.fills)) for a in answers)
+    values: list[object] = []
+    for a in answers:
+        values.append(sheet_id)
+        values.append(copy_text(a.answer_raw))
+        values.append(copy_text(a.answer_corrected))
+        values.append(float(a.confidence_score))
+        values.extend(a.fills)
+        values.append(copy_text(a.reason))
+        values.append("t" if a.needs_review else "f")
+    return (_answers_format(layout) % tuple(values)).encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _answers_format(layout: tuple[tuple[str, int], ...]) -> str:
     lines = []
-    for position, a in enumerate(answers, start=1):
-        review = "t" if a.needs_review else "f"
-        lines.append(
-            f"{sheet_id}\t{copy_text(a.question)}\t{position}\t"
-            f"{copy_text(a.answer_raw)}\t{copy_text(a.answer_corrected)}\t"
-            f"{float(a.confidence_score):.6g}\t{real_array(a.fills)}\t"
-            f"{copy_text(a.reason)}\t{review}\n"
-        )
-    return "".join(lines).encode("utf-8")
+    for position, (question, fill_count) in enumerate(layout, start=1):
+        name = copy_text(question).replace("%", "%%")
+        fills = ",".join(["%.6g"] * fill_count)
+        lines.append(f"%d\t{name}\t{position}\t%s\t%s\t%.6g\t{{{fills}}}\t%s\t%s\n")
+    return "".join(lines)
 
 
 def encode_sheet(sheet_id: int, reading: SheetReading) -> bytes:

@@ -1,0 +1,266 @@
+"""Reprocess a batch end to end and compare it with two baselines.
+
+    python benchmarks/reprocess.py [--sheets 7109] [--workers 2] [--dsn URL]
+
+1. Seeds N demo sheets (1700 x 2400 grey JPEG at quality 90, 150 questions
+   x 5 options) read with Default, in a scratch database and folder.
+2. Decode baseline: only decodes the same images, with the same imread flags
+   and resize as the pipeline, on the same number of threads.
+3. Reprocess with Sensitive (about one answer in ten changes), in a child
+   process so its peak memory is its own.
+4. Every answer changed: the stored answers are overwritten first, so the
+   same reprocess has to update every row.
+5. executemany baseline: the same rows updated one statement per row
+   (psycopg's pipelined executemany) in one transaction, on an identical
+   copy of omr_answers.
+
+Prints per-stage times, sheets and answers per second, peak memory, and the
+two ratios. Without --dsn it starts an embedded server in a temporary
+folder; with --dsn it creates and drops a database omr_bench_<pid> there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from omr_desktop.config import DatabaseChoice
+from omr_desktop.db.database import Database
+from omr_desktop.db.embedded import EmbeddedServer
+from omr_desktop.db.migrate import migrate
+from omr_desktop.engine import Template, load_sheet_image
+
+SENSITIVE = 2
+
+
+def main() -> int:
+    args = parse_args()
+    if args.child:
+        return child(args)
+    scratch = Path(tempfile.mkdtemp(prefix="omr-bench-reprocess-"))
+    scratch.chmod(0o755)
+    server = None
+    admin = args.dsn
+    try:
+        if admin is None:
+            server = EmbeddedServer(scratch / "pg")
+            server.start()
+            admin = server.conninfo("postgres")
+        run(args, admin, scratch)
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sheets", type=int, default=7109)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--dsn",
+        help="PostgreSQL URL of a role that may create "
+        "databases (default: a temporary embedded server)",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def run(args: argparse.Namespace, admin: str, scratch: Path) -> None:
+    name = f"omr_bench_{os.getpid()}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = psycopg.conninfo.conninfo_to_dict(admin)
+    params["dbname"] = name
+    conninfo = psycopg.conninfo.make_conninfo("", **params)
+    try:
+        report(args, conninfo, scratch)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)
+                )
+            )
+
+
+def report(args: argparse.Namespace, conninfo: str, scratch: Path) -> None:
+    from omr_desktop.pipeline.demo import seed_demo
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        migrate(conn)
+        version = conn.execute("SHOW server_version").fetchone()
+    started = time.perf_counter()
+    with psycopg.connect(conninfo) as conn:
+        seeded = seed_demo(
+            conn, scratch / "data", sheets=args.sheets, workers=args.workers
+        )
+    print(
+        f"PostgreSQL {version[0] if version else '?'}, {args.workers} workers, "
+        f"{os.cpu_count()} cores"
+    )
+    print(
+        f"Seeded {seeded.sheets:,} sheets, {seeded.answers:,} answers in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+
+    decode_s = decode_baseline(conninfo, args.workers)
+    print(f"Decode baseline: {decode_s:.1f} s, {args.sheets / decode_s:.0f} sheets/s")
+
+    usual = child_run(conninfo, args.workers)
+    print_run("Sensitive, one answer in ten changes", usual, args.sheets)
+    overwrite_answers(conninfo)
+    every = child_run(conninfo, args.workers)
+    print_run("Sensitive, every answer changes", every, args.sheets)
+
+    baseline_s = executemany_baseline(conninfo)
+    processing = every["result"]["stage_s"]["Processing Sheets"]
+    print(
+        f"executemany baseline: {baseline_s:.1f} s for "
+        f"{every['result']['answers_written']:,} rows "
+        f"({every['result']['answers_written'] / baseline_s:,.0f} rows/s)"
+    )
+    print(
+        f"Ratio executemany / pipeline database time (every answer changes): "
+        f"{baseline_s / every['result']['database_s']:.1f}x"
+    )
+    print(
+        f"Ratio Processing Sheets / decode baseline: "
+        f"{usual['result']['stage_s']['Processing Sheets'] / decode_s:.2f} "
+        f"(every-answer run: {processing / decode_s:.2f})"
+    )
+
+
+def print_run(label: str, run_data: dict[str, Any], sheets: int) -> None:
+    result = run_data["result"]
+    stages = result["stage_s"]
+    processing = stages["Processing Sheets"]
+    db_steps = stages["Loading to Database"] + stages["Recalculating Scores"]
+    print(f"{label}:")
+    for stage, seconds in stages.items():
+        print(f"  {stage:<22} {seconds:7.2f} s")
+    print(
+        f"  total {result['duration_s']:.1f} s; {sheets / processing:.0f} sheets/s "
+        f"and {result['answers_written'] / processing:,.0f} answers/s processing"
+    )
+    copy_s = result["database_s"] - db_steps
+    print(
+        f"  database time {result['database_s']:.2f} s (COPY {copy_s:.2f} s while "
+        f"processing, then load + rescore + commit {db_steps:.2f} s)"
+    )
+    print(
+        f"  answers changed {result['answers_changed']:,}, rows updated "
+        f"{result['answers_updated']:,}, scores changed "
+        f"{result['sheets_score_changed']:,}"
+    )
+    print(f"  peak memory {run_data['peak_rss_mb']:.0f} MB")
+
+
+def decode_baseline(conninfo: str, workers: int) -> float:
+    with psycopg.connect(conninfo) as conn:
+        layout = conn.execute("SELECT layout FROM templates LIMIT 1").fetchone()
+        paths = [
+            Path(r[0])
+            for r in conn.execute("SELECT image_path FROM sheets ORDER BY id")
+        ]
+    assert layout is not None
+    template = Template.from_dict(layout[0])
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as executor:
+        for _image in executor.map(lambda p: load_sheet_image(p, template), paths):
+            pass
+    return time.perf_counter() - started
+
+
+def child_run(conninfo: str, workers: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", conninfo, "--workers", str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child(args: argparse.Namespace) -> int:
+    from omr_desktop.pipeline.reprocess import ReprocessRequest
+    from omr_desktop.pipeline.task_manager import TaskManager
+
+    database = Database(DatabaseChoice(args.child, "environment"))
+    database.open()
+    with database.connect() as conn:
+        ids = tuple(r[0] for r in conn.execute("SELECT id FROM sheets ORDER BY id"))
+    final: list[Any] = []
+    with ThreadPoolExecutor(args.workers) as executor:
+        manager = TaskManager(database, executor, args.workers)
+        manager.add_listener(
+            lambda e: final.append(e) if e.event != "progress" else None
+        )
+        task_id = manager.submit(ReprocessRequest(ids, SENSITIVE))
+        manager.wait(task_id)
+        manager.shutdown()
+    database.close()
+    event = final[-1]
+    if event.event != "complete":
+        print(event.message, file=sys.stderr)
+        return 1
+    # ru_maxrss is in KiB on Linux.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"result": event.result, "peak_rss_mb": peak}))
+    return 0
+
+
+def overwrite_answers(conninfo: str) -> None:
+    """Make every stored answer differ from what the next reprocess reads."""
+    with psycopg.connect(conninfo) as conn:
+        conn.execute(
+            "UPDATE omr_answers SET answer_raw = 'Z', answer_corrected = 'Z',"
+            " confidence_score = 0, fills = '{}'"
+        )
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE omr_answers")
+
+
+def executemany_baseline(conninfo: str) -> float:
+    """Update every answer row one statement per row, in one transaction."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE answers_baseline (LIKE omr_answers INCLUDING ALL)"
+            " WITH (fillfactor = 70)"
+        )
+        conn.execute("INSERT INTO answers_baseline SELECT * FROM omr_answers")
+        conn.execute("VACUUM ANALYZE answers_baseline")
+        rows = conn.execute(
+            "SELECT answer_raw, answer_corrected, confidence_score, fills, reason,"
+            " needs_review, sheet_id, question FROM omr_answers"
+        ).fetchall()
+    rows = [("X" + r[0], "X" + r[1], *r[2:]) for r in rows]
+    with psycopg.connect(conninfo) as conn:
+        started = time.perf_counter()
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "UPDATE answers_baseline SET answer_raw = %s, answer_corrected = %s,"
+                " confidence_score = %s, fills = %s, reason = %s, needs_review = %s"
+                " WHERE sheet_id = %s AND question = %s",
+                rows,
+            )
+        conn.commit()
+        return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    sys.exit(main())
