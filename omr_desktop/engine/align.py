@@ -22,10 +22,17 @@ from omr_desktop.engine.layout import FieldLayout
 
 # A shift must raise the block's contrast by this fraction over no shift.
 # A smaller gain is noise, and moving would only risk neighbour bubbles.
-_MIN_GAIN = 0.15
-# Reduced bubbles are about this many pixels across, enough to place a
-# box within a pixel or two of the page at a fraction of the cost.
+_MIN_GAIN = 0.01
+# A block moves only when its fields stand out by this many grey levels
+# each on average (mean minus darkest) before the move. A blank block
+# measures 1-3 (noise, printed letters), a marked one 50 or more, and
+# without this floor a blank block drifts onto its printed outlines.
+_MIN_FIELD_CONTRAST = 12.0
+# Reduced bubbles for the paper level are about this many pixels across.
 _REDUCED_BUBBLE_PX = 7
+# The shift search keeps bubbles of this many pixels or more, so it places
+# a box to within one pixel of the measured image.
+_SEARCH_BUBBLE_PX = 12
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,12 @@ class ShiftSearch:
         scale: Page px per reduced px.
         shifts: (n_shifts, 2) int, candidate (dx, dy) in reduced px; row 0
             is (0, 0).
-        coarse: Rows of ``shifts`` tried first: every second step, and
+        coarse: Rows of ``shifts`` tried first: every third step, with
             (0, 0) as the first row.
         corners: (n_bubbles, 4) int, x1, y1, x2, y2 of each box, reduced px.
         limit: (n_blocks,) int, the largest shift allowed per block.
+        min_contrast: (n_blocks,) float, the score below which a block
+            counts as blank and stays in place.
     """
 
     scale: int
@@ -47,14 +56,11 @@ class ShiftSearch:
     coarse: npt.NDArray[np.intp]
     corners: npt.NDArray[np.intp]
     limit: npt.NDArray[np.intp]
+    min_contrast: npt.NDArray[np.float64]
 
 
 def reduced_scale(bubble_px: float) -> int:
-    """Return the page px per reduced px for bubbles of ``bubble_px``.
-
-    Measuring uses one reduced page for both the paper level and this
-    search, so both use this scale.
-    """
+    """Return the image px per paper-map px for bubbles of ``bubble_px``."""
     return max(1, int(bubble_px // _REDUCED_BUBBLE_PX))
 
 
@@ -78,16 +84,19 @@ def build_shift_search(
     search: float,
     image_shape: tuple[int, int],
     image_scale: int = 1,
+    inset: float = 1.0,
 ) -> ShiftSearch:
     """Prepare the search for shifts up to ``search`` bubble sizes.
 
     ``image_shape`` is (height, width) of the image measured, which is the
     page divided by ``image_scale``. Each block's limit is also kept under
     0.3 of its bubble spacing, so a box never reaches the next bubble.
+    Boxes are the central ``inset`` of each bubble rectangle, so that the
+    printed outline weighs little in the score.
     """
     boxes = layout.boxes / image_scale
     bubble_px = float(np.median(boxes[:, 2:].max(axis=1)))
-    scale = reduced_scale(bubble_px)
+    scale = max(1, int(bubble_px // _SEARCH_BUBBLE_PX))
     n_blocks = len(layout.block_names)
     limit_px = [
         min(search * bubble_px, 0.3 * _block_spacing(layout, boxes, b))
@@ -99,10 +108,14 @@ def build_shift_search(
     dx, dy = np.meshgrid(steps, steps)
     order = np.argsort(np.abs(dx).ravel() + np.abs(dy).ravel(), kind="stable")
     shifts = np.stack([dx.ravel()[order], dy.ravel()[order]], axis=1).astype(np.intp)
-    on_grid = (shifts % 2 == 0).all(axis=1)
+    # Every third step, so that the eight neighbours of the best coarse
+    # shift cover every shift between coarse ones.
+    on_grid = (shifts % 3 == 0).all(axis=1)
     coarse = np.flatnonzero(on_grid).astype(np.intp)
 
     x, y, w, h = (boxes / scale).T
+    x, y = x + w * (1 - inset) / 2, y + h * (1 - inset) / 2
+    w, h = w * inset, h * inset
     height, width = -(-image_shape[0] // scale), -(-image_shape[1] // scale)
     corners = np.stack(
         [
@@ -113,7 +126,9 @@ def build_shift_search(
         ],
         axis=1,
     ).astype(np.intp)
-    return ShiftSearch(scale, shifts, coarse, corners, limit)
+    fields = np.bincount(layout.field_block, minlength=n_blocks)
+    floor = _MIN_FIELD_CONTRAST * fields.astype(np.float64)
+    return ShiftSearch(scale, shifts, coarse, corners, limit, floor)
 
 
 def find_block_shifts(
@@ -121,8 +136,8 @@ def find_block_shifts(
 ) -> npt.NDArray[np.intp]:
     """Return the best (dx, dy) per block in page px, shape (n_blocks, 2).
 
-    ``reduced`` is the toned page after `shrink_by` with ``search.scale``.
-    The search runs coarse to fine: every second shift first, then the
+    ``reduced`` is the toned image after `shrink_by` with ``search.scale``.
+    The search runs coarse to fine: every third shift first, then the
     eight neighbours of each block's best coarse shift.
     """
     n_blocks = len(layout.block_names)
@@ -142,7 +157,9 @@ def find_block_shifts(
     fine_best = np.argmax(fine, axis=0)
     chosen = candidates[fine_best, blocks]
     gain = fine[fine_best, blocks] - base
-    keep = gain > _MIN_GAIN * np.maximum(base, 1.0)
+    keep = (gain > _MIN_GAIN * np.maximum(base, 1.0)) & (
+        np.maximum(base, fine[fine_best, blocks]) >= search.min_contrast
+    )
     return np.where(keep[:, None], chosen, 0) * search.scale
 
 

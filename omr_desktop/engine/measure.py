@@ -143,7 +143,10 @@ def _build_geometry(
     search = None
     if measurement.align_search > 0:
         search = build_shift_search(
-            layout, measurement.align_search, (height, width), image_scale
+            layout,
+            measurement.align_search,
+            (height, width),
+            image_scale,
         )
     return _Geometry(
         width=width,
@@ -197,13 +200,14 @@ def paper_map(reduced: npt.NDArray[np.uint8], kernel: int) -> npt.NDArray[np.flo
 
 
 def _sample_index(
-    reduced: npt.NDArray[np.uint8], template: Template, geometry: _Geometry
+    toned: npt.NDArray[np.uint8], template: Template, geometry: _Geometry
 ) -> npt.NDArray[np.intp]:
     """Return the flat sample indices, moved by each block's best shift."""
-    if geometry.shift_search is None:
+    search = geometry.shift_search
+    if search is None:
         return geometry.sample_index
     layout = field_layout(template)
-    shifts = find_block_shifts(reduced, layout, geometry.shift_search)
+    shifts = find_block_shifts(shrink_by(toned, search.scale), layout, search)
     if not shifts.any():
         return geometry.sample_index
     offset = shifts[layout.bubble_block]
@@ -242,7 +246,7 @@ def measure_fills(
     paper = paper_map(reduced, geometry.paper_kernel)
     bubble_paper = paper.ravel()[geometry.paper_index]
 
-    index = _sample_index(reduced, template, geometry)
+    index = _sample_index(toned, template, geometry)
     samples = toned.ravel()[index]
     kth = int(measurement.fill_quantile * (samples.shape[1] - 1))
     grey = np.partition(samples, kth, axis=1)[:, kth].astype(np.float32)

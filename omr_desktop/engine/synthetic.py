@@ -81,6 +81,10 @@ class SheetTruth:
         letters: Option letters are printed inside the bubbles.
         brightness_shift: Grey levels added to the whole scan (-40..40).
         gradient: The bottom quarter darkens from 235 to 150 grey.
+        paper_grey: Grey level of the blank paper before the brightness
+            shift, 222-245 (235 under "dark", "bright" and "gradient").
+        offset_px: (dx, dy) by which the scan is moved against the
+            template, -4..4 px each, as a scanner feeds a sheet unevenly.
     """
 
     condition: str
@@ -91,6 +95,8 @@ class SheetTruth:
     letters: bool
     brightness_shift: int
     gradient: bool
+    paper_grey: float = float(PAPER_GREY)
+    offset_px: tuple[int, int] = (0, 0)
 
 
 def demo_template(questions: int = 150, options: int = 5) -> Template:
@@ -206,6 +212,10 @@ def random_truth(
             plan = next(plans)
         kinds.extend(_apply_plan(plan, n, rng))
     darkness, coverage = _draw_levels(kinds, rng)
+    offset = rng.integers(-4, 5, size=2)
+    fixed_paper = (
+        float(PAPER_GREY) if condition in ("dark", "bright", "gradient") else 0.0
+    )
     return SheetTruth(
         condition=condition,
         kinds=tuple(kinds),
@@ -215,6 +225,8 @@ def random_truth(
         letters=condition in ("letters", "demo"),
         brightness_shift={"dark": -40, "bright": 40}.get(condition, 0),
         gradient=condition == "gradient",
+        paper_grey=fixed_paper if fixed_paper else float(rng.uniform(222, 245)),
+        offset_px=(int(offset[0]), int(offset[1])),
     )
 
 
@@ -338,9 +350,15 @@ def _mark_alpha(
         )
         cv2.line(alpha, p1, p2, 1.0, 2, cv2.LINE_AA)
         return alpha
+    # An ellipse of the requested area, slightly elongated, turned and off
+    # centre, as a hand fills a bubble.
     mark_radius = radius * math.sqrt(coverage)
-    offset = rng.uniform(-0.08, 0.08, size=2) * radius
-    dist = np.hypot(xx - offset[0], yy - offset[1])
+    stretch = rng.uniform(0.9, 1.1)
+    turn = rng.uniform(0, np.pi)
+    dx, dy = rng.uniform(-0.08, 0.08, size=2) * radius
+    along = (xx - dx) * np.cos(turn) + (yy - dy) * np.sin(turn)
+    across = (yy - dy) * np.cos(turn) - (xx - dx) * np.sin(turn)
+    dist = np.hypot(along / stretch, across * stretch)
     return np.asarray(np.clip(mark_radius - dist + 0.5, 0, 1), dtype=np.float32)
 
 
@@ -357,8 +375,13 @@ def _chord_offset(coverage: float) -> float:
 def render_sheet_image(
     template: Template, truth: SheetTruth, rng: np.random.Generator
 ) -> npt.NDArray[np.uint8]:
-    """Paint a sheet as a grey page, shape (page_height, page_width)."""
+    """Paint a sheet as a grey page, shape (page_height, page_width).
+
+    Marks darken the printed page by their darkness. The scan then gets
+    its offset, shading, brightness shift and a slight optical blur.
+    """
     page = _base_page(template, truth.letters).astype(np.float32)
+    page *= truth.paper_grey / PAPER_GREY
     for index, (_, bubble) in enumerate(template.iter_bubbles()):
         kind = truth.kinds[index]
         if kind == "blank":
@@ -369,15 +392,32 @@ def render_sheet_image(
         ink = np.clip(alpha * float(truth.darkness[index]) * texture, 0.0, 1.0)
         region = page[bubble.y : bubble.y + size, bubble.x : bubble.x + size]
         region *= 1.0 - ink
+    page = _offset(page, truth.offset_px, truth.paper_grey)
     if truth.gradient:
         _apply_gradient(page)
     if truth.brightness_shift:
         page += truth.brightness_shift
+    page = np.asarray(cv2.GaussianBlur(page, (3, 3), 0.7), dtype=np.float32)
     return np.clip(page, 0, 255).astype(np.uint8)
 
 
+def _offset(
+    page: npt.NDArray[np.float32], offset: tuple[int, int], paper: float
+) -> npt.NDArray[np.float32]:
+    """Return the page moved by (dx, dy) px, paper filling the uncovered edge."""
+    dx, dy = offset
+    if dx == 0 and dy == 0:
+        return page
+    height, width = page.shape
+    moved = np.full_like(page, paper)
+    moved[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = page[
+        max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)
+    ]
+    return moved
+
+
 def _apply_gradient(page: npt.NDArray[np.float32]) -> None:
-    """Darken the bottom quarter so that paper falls from 235 to 150 grey."""
+    """Darken the bottom quarter so that 235 grey paper falls to 150."""
     height = page.shape[0]
     start = height - height // 4
     factor = np.linspace(1.0, 150.0 / PAPER_GREY, height - start, dtype=np.float32)
