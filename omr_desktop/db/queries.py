@@ -76,3 +76,80 @@ def list_sheets(conn: psycopg.Connection, batch_id: int) -> list[SheetSummary]:
         SheetSummary(r[0], r[1], r[2], r[3], r[4], tuple(r[5]), r[6], r[7])
         for r in rows
     ]
+
+
+@dataclass(frozen=True)
+class AnswerDetail:
+    """One stored answer, as Panel C's answers table shows it."""
+
+    question: str
+    position: int
+    answer_raw: str
+    answer_corrected: str
+    confidence_score: float
+    reason: str
+    needs_review: bool
+    fills: tuple[float, ...]
+    corrected_by: str | None
+
+
+@dataclass(frozen=True)
+class SheetDetail:
+    """Everything Panel C needs about one sheet.
+
+    Attributes:
+        layout: the template as stored (the engine's ``to_dict`` form).
+        fills: every bubble's stored fill in template order, or ``None``
+            for a sheet never read.
+        profile_settings: settings of the profile that produced the answers.
+    """
+
+    id: int
+    sequence_no: int
+    student_code: str
+    student_name: str
+    score: Decimal | None
+    image_path: str
+    status: str
+    error: str | None
+    profile_id: int | None
+    profile_name: str
+    profile_settings: dict[str, object]
+    layout: dict[str, object]
+    fills: tuple[float, ...] | None
+    answers: tuple[AnswerDetail, ...]
+
+
+def load_sheet_detail(conn: psycopg.Connection, sheet_id: int) -> SheetDetail | None:
+    """Return the sheet with its answers and template, or None if it is gone."""
+    row = conn.execute(
+        """
+        SELECT s.id, s.sequence_no, coalesce(st.code, ''), coalesce(st.name, ''),
+               s.score, s.image_path, s.status, s.error, s.last_profile_id,
+               coalesce(p.name, ''), coalesce(p.settings, '{}'), t.layout, s.fills
+        FROM sheets s
+        JOIN batches b ON b.id = s.batch_id
+        JOIN templates t ON t.id = b.template_id
+        LEFT JOIN students st ON st.id = s.student_id
+        LEFT JOIN profiles p ON p.id = s.last_profile_id
+        WHERE s.id = %s
+        """,
+        (sheet_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    answers = conn.execute(
+        "SELECT question, position, answer_raw, answer_corrected, confidence_score,"
+        " reason, needs_review, fills, corrected_by FROM omr_answers"
+        " WHERE sheet_id = %s ORDER BY position",
+        (sheet_id,),
+    ).fetchall()
+    return SheetDetail(
+        *row[:12],
+        fills=None if row[12] is None else tuple(row[12]),
+        answers=tuple(
+            AnswerDetail(a[0], a[1], a[2], a[3], float(a[4]), a[5], a[6],
+                         tuple(a[7]), a[8])
+            for a in answers
+        ),
+    )

@@ -49,6 +49,9 @@ class RecordTableModel(QAbstractTableModel, Generic[RecordT]):
     def record(self, row: int) -> RecordT:
         return self._records[row]
 
+    def records(self) -> list[RecordT]:
+        return list(self._records)
+
     def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008, N802
         return 0 if parent.isValid() else len(self._records)
 

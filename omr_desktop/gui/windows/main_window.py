@@ -8,6 +8,7 @@ from typing import Any
 
 from PySide6.QtCore import (
     QItemSelection,
+    QModelIndex,
     QSettings,
     QSortFilterProxyModel,
     Qt,
@@ -15,8 +16,10 @@ from PySide6.QtCore import (
     Signal,
     Slot,
 )
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QApplication,
+    QComboBox,
     QLabel,
     QLineEdit,
     QMainWindow,
@@ -30,11 +33,24 @@ from omr_desktop.db.database import Database
 from omr_desktop.db.queries import BatchSummary, list_batches, list_sheets
 from omr_desktop.gui.forms import load_form
 from omr_desktop.gui.icons import icon
-from omr_desktop.gui.models.list_models import batch_table_model, sheet_table_model
+from omr_desktop.gui.models.list_models import batch_table_model
 from omr_desktop.gui.models.record_table_model import RECORD_ROLE, SORT_ROLE
+from omr_desktop.gui.models.sheet_table_model import FlagFilterProxy, SheetTableModel
+from omr_desktop.gui.widgets.sheet_panel import SheetPanel
 from omr_desktop.gui.workers.db_task import DbTask
+from omr_desktop.gui.workers.sheet_loader import LoadedSheet, load_sheet
 
 logger = logging.getLogger(__name__)
+
+# Flags offered by the student list's filter, most useful first.
+FLAG_FILTERS = (
+    "LOW_CONFIDENCE",
+    "NEEDS_REVIEW",
+    "MULTI_MARK",
+    "BLANK_ANSWER",
+    "ERASED_MARK",
+    "BLANK_SHEET",
+)
 
 
 class MainWindow(QMainWindow):
@@ -43,16 +59,26 @@ class MainWindow(QMainWindow):
     Signals:
         batches_loaded(int): the batch list was refreshed; carries its length.
         sheets_loaded(int): the student list was refreshed; carries its length.
+        reprocess_requested(list): the Re-Process icon was clicked; carries
+            the checked sheet ids in scan order.
+        swap_requested(int, int): Swap was clicked for the two checked sheets.
+        sheet_opened(int): Panel C shows this sheet id.
+        swapped(): a swap was stored.
     """
 
     batches_loaded = Signal(int)
     sheets_loaded = Signal(int)
+    reprocess_requested = Signal(list)
+    swap_requested = Signal(int, int)
+    sheet_opened = Signal(int)
+    swapped = Signal()
 
     def __init__(self, pool: QThreadPool | None = None) -> None:
         super().__init__()
         self._pool = pool or QThreadPool.globalInstance()
         self._database: Database | None = None
         self._tasks: set[DbTask] = set()
+        self._open_sheet_id: int | None = None
         self.setWindowTitle("OMR Desktop")
         self.setWindowIcon(icon("omr-desktop.svg"))
         self._init_panels()
@@ -73,7 +99,22 @@ class MainWindow(QMainWindow):
         self.sheets_title: QLabel = self._child(QLabel, "sheetsTitle")
         self.swap_button: QToolButton = self._child(QToolButton, "swapButton")
         self.swap_button.setIcon(icon("swap.svg"))
+        self.reprocess_button: QToolButton = self._child(QToolButton, "reprocessButton")
+        self.reprocess_button.setIcon(icon("reprocess.svg"))
+        self.select_mode_button: QToolButton = self._child(
+            QToolButton, "selectModeButton"
+        )
+        self.selected_count: QLabel = self._child(QLabel, "selectedCount")
+        self.flag_filter: QComboBox = self._child(QComboBox, "flagFilter")
         self.splitter.setStretchFactor(2, 1)
+        self.sheet_title: QLabel = self._child(QLabel, "sheetTitle")
+        placeholder = self._child(QLabel, "sheetBody")
+        self.sheet_panel = SheetPanel(self)
+        panel_c = placeholder.parentWidget().layout()
+        panel_c.replaceWidget(placeholder, self.sheet_panel)
+        placeholder.deleteLater()
+        self.sheet_panel.show_message("Select a sheet in the student list.")
+        self.sheet_panel.correction_requested.connect(self._on_correction_requested)
 
     def _child(self, kind: type[Any], name: str) -> Any:
         widget = self.findChild(kind, name)
@@ -96,12 +137,112 @@ class MainWindow(QMainWindow):
         )
 
     def _init_sheet_list(self) -> None:
-        self.sheet_model = sheet_table_model(self)
-        self.sheets_view.setModel(self.sheet_model)
+        self.sheet_model = SheetTableModel(self)
+        self.sheet_proxy = FlagFilterProxy(self)
+        self.sheet_proxy.setSourceModel(self.sheet_model)
+        self.sheets_view.setModel(self.sheet_proxy)
         self.sheets_view.verticalHeader().hide()
         # One text line per row: 10,000 sheets stay a short scroll.
         line = self.sheets_view.fontMetrics().height()
         self.sheets_view.verticalHeader().setDefaultSectionSize(line + 6)
+        self.flag_filter.addItem("All sheets", "")
+        for flag in FLAG_FILTERS:
+            self.flag_filter.addItem(flag.replace("_", " ").capitalize(), flag)
+        self.flag_filter.currentIndexChanged.connect(self._on_flag_filter_changed)
+        self.sheets_view.clicked.connect(self._on_sheets_view_clicked)
+        self.sheets_view.selectionModel().currentRowChanged.connect(
+            self._on_sheets_view_current_changed
+        )
+        self.select_mode_button.toggled.connect(self._on_select_mode_toggled)
+        self.sheet_model.selection_changed.connect(self._on_selection_changed)
+        self.reprocess_button.clicked.connect(self._on_reprocess_clicked)
+        self.swap_button.clicked.connect(self._on_swap_clicked)
+        self.swap_requested.connect(self.swap_checked)
+        self._anchor_row: int | None = None
+        self._init_shortcuts()
+
+    def _init_shortcuts(self) -> None:
+        bindings = (
+            ("Ctrl+Shift+S", self.select_mode_button.toggle),
+            ("Ctrl+R", self._on_reprocess_clicked),
+            ("Alt+Down", lambda: self._step_sheet(1)),
+            ("Alt+Up", lambda: self._step_sheet(-1)),
+        )
+        for keys, action in bindings:
+            QShortcut(QKeySequence(keys), self, activated=action)
+        select_all = QShortcut(
+            QKeySequence.StandardKey.SelectAll,
+            self.sheets_view,
+            activated=self.select_all_visible,
+        )
+        select_all.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+
+    # -- Select mode -------------------------------------------------------
+
+    @Slot(bool)
+    def _on_select_mode_toggled(self, on: bool) -> None:
+        self.sheet_model.set_select_mode(on)
+        self._anchor_row = None
+        # The check box needs room in the sequence column.
+        self.sheets_view.resizeColumnToContents(0)
+
+    @Slot(QModelIndex)
+    def _on_sheets_view_clicked(self, index: QModelIndex) -> None:
+        if not self.sheet_model.select_mode or not index.isValid():
+            return
+        row = index.row()
+        shift = QApplication.keyboardModifiers() & Qt.KeyboardModifier.ShiftModifier
+        if shift and self._anchor_row is not None:
+            low, high = sorted((self._anchor_row, row))
+            self.sheet_model.set_checked(self._visible_ids(low, high + 1), True)
+        else:
+            self.sheet_model.toggle(self._sheet_id_at(row))
+            self._anchor_row = row
+
+    def select_all_visible(self) -> None:
+        """Check every sheet the filter shows (Ctrl+A in select mode)."""
+        if self.sheet_model.select_mode:
+            self.sheet_model.set_checked(
+                self._visible_ids(0, self.sheet_proxy.rowCount()), True
+            )
+
+    def _visible_ids(self, start: int, stop: int) -> list[int]:
+        return [self._sheet_id_at(row) for row in range(start, stop)]
+
+    def _sheet_id_at(self, proxy_row: int) -> int:
+        source = self.sheet_proxy.mapToSource(self.sheet_proxy.index(proxy_row, 0))
+        return self.sheet_model.record(source.row()).id
+
+    @Slot(int)
+    def _on_selection_changed(self, count: int) -> None:
+        select_mode = self.sheet_model.select_mode
+        self.selected_count.setText(f"{count} selected" if select_mode else "")
+        # The icon exists only while there is something to reprocess.
+        self.reprocess_button.setVisible(select_mode and count >= 1)
+        self.swap_button.setEnabled(select_mode and count == 2)
+
+    @Slot()
+    def _on_reprocess_clicked(self) -> None:
+        ids = self.sheet_model.checked_ids()
+        if self.sheet_model.select_mode and ids:
+            self.reprocess_requested.emit(ids)
+
+    @Slot()
+    def _on_swap_clicked(self) -> None:
+        ids = self.sheet_model.checked_ids()
+        if self.sheet_model.select_mode and len(ids) == 2:
+            self.swap_requested.emit(ids[0], ids[1])
+
+    @Slot(int)
+    def _on_flag_filter_changed(self, position: int) -> None:
+        self.sheet_proxy.set_flag(str(self.flag_filter.itemData(position) or ""))
+        self._anchor_row = None
+
+    def _step_sheet(self, step: int) -> None:
+        current = self.sheets_view.currentIndex()
+        row = (current.row() if current.isValid() else -1) + step
+        if 0 <= row < self.sheet_proxy.rowCount():
+            self.sheets_view.setCurrentIndex(self.sheet_proxy.index(row, 0))
 
     def _init_status_bar(self) -> None:
         self.database_label = QLabel("Starting the database…")
@@ -154,7 +295,12 @@ class MainWindow(QMainWindow):
         batch: BatchSummary = rows[0].data(RECORD_ROLE)
         QSettings().setValue("main_window/last_batch_id", batch.id)
         self.sheets_title.setText(f"<b>Students</b> — {batch.name}")
+        self._load_sheets(batch)
+
+    def _load_sheets(self, batch: BatchSummary) -> None:
         database = self._database
+        if database is None:
+            return
 
         def load() -> list[Any]:
             with database.connect() as conn:
@@ -167,6 +313,93 @@ class MainWindow(QMainWindow):
         self.sheet_model.set_records(sheets)
         self.sheets_view.resizeColumnsToContents()
         self.sheets_loaded.emit(len(sheets))
+        if self._open_sheet_id is not None:
+            self.open_sheet(self._open_sheet_id)
+
+    def refresh_sheets(self) -> None:
+        """Reload the student list of the open batch and the open sheet."""
+        rows = self.batches_view.selectionModel().selectedRows()
+        if rows:
+            self._load_sheets(rows[0].data(RECORD_ROLE))
+
+    # -- Panel C -----------------------------------------------------------
+
+    @Slot(QModelIndex, QModelIndex)
+    def _on_sheets_view_current_changed(
+        self, current: QModelIndex, previous: QModelIndex
+    ) -> None:
+        if current.isValid():
+            self.open_sheet(self._sheet_id_at(current.row()))
+
+    def open_sheet(self, sheet_id: int) -> None:
+        """Load ``sheet_id`` into Panel C off the GUI thread."""
+        database = self._database
+        if database is None:
+            return
+        self._open_sheet_id = sheet_id
+        self._run(lambda: load_sheet(database, sheet_id), self._on_sheet_loaded)
+
+    @Slot(object)
+    def _on_sheet_loaded(self, loaded: LoadedSheet | None) -> None:
+        if loaded is None or loaded.detail.id != self._open_sheet_id:
+            return
+        detail = loaded.detail
+        score = "" if detail.score is None else f", score {detail.score.normalize():f}"
+        self.sheet_title.setText(
+            f"<b>Sheet {detail.sequence_no}</b> — {detail.student_code} "
+            f"{detail.student_name}{score}"
+        )
+        self.sheet_panel.show_detail(
+            detail, loaded.image, loaded.overlays, loaded.decision
+        )
+        self.sheet_opened.emit(detail.id)
+
+    @Slot(str, str)
+    def _on_correction_requested(self, question: str, answer: str) -> None:
+        database, sheet_id = self._database, self._open_sheet_id
+        if database is None or sheet_id is None:
+            return
+        editor = self.editor_name()
+
+        def store() -> int:
+            from omr_desktop.db.corrections import correct_answer
+
+            with database.connect() as conn:
+                correct_answer(conn, sheet_id, question, answer, editor)
+            return sheet_id
+
+        self._run(store, lambda _id: self.refresh_sheets())
+
+    def editor_name(self) -> str:
+        """Return the editor recorded on corrections: the setting, else the OS user."""
+        name = QSettings().value("editor/name")
+        if name:
+            return str(name)
+        import getpass
+
+        try:
+            return getpass.getuser()
+        except (KeyError, OSError):
+            return "editor"
+
+    def swap_checked(self, first: int, second: int) -> None:
+        """Exchange the students of two sheets, then refresh the list."""
+        database = self._database
+        if database is None:
+            return
+
+        def swap() -> None:
+            from omr_desktop.db.corrections import swap_students
+
+            with database.connect() as conn:
+                swap_students(conn, first, second)
+
+        self._run(swap, lambda _r: self._on_swapped())
+
+    def _on_swapped(self) -> None:
+        self.statusBar().showMessage("Students swapped; both sheets rescored.", 8000)
+        self.swapped.emit()
+        self.refresh_sheets()
 
     def _run(self, function: Callable[[], Any], on_done: Callable[[Any], None]) -> None:
         task = DbTask(function)

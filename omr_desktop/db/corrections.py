@@ -1,0 +1,74 @@
+"""An editor's changes to sheets: manual answer corrections and student swaps.
+
+Each change is one transaction that locks the sheets involved (NOWAIT, so a
+running reprocess of the same sheets makes it fail at once instead of
+waiting) and rescores them with the surgical procedure.
+"""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+
+from omr_desktop.db.reprocess_store import SheetsBusyError
+
+# A corrected answer: option values joined (A, BC, 12), blank, or '*' for
+# an unresolved multi-mark.
+_ANSWER_PATTERN = re.compile(r"^[A-Z0-9]*$|^\*$")
+
+
+class CorrectionError(ValueError):
+    """The change is invalid; nothing was written."""
+
+
+def correct_answer(conn: psycopg.Connection, sheet_id: int, question: str,
+                   answer: str, editor: str) -> None:
+    """Set ``answer_corrected`` by hand, recording the editor and the time."""
+    answer = answer.strip().upper()
+    if not _ANSWER_PATTERN.match(answer):
+        raise CorrectionError(
+            f"{answer!r} is not an answer: use option letters or digits such as "
+            "B or AC, nothing for blank, or * for an unresolved multi-mark."
+        )
+    with conn.transaction():
+        _lock(conn, [sheet_id])
+        updated = conn.execute(
+            "UPDATE omr_answers SET answer_corrected = %s, corrected_by = %s,"
+            " corrected_at = now() WHERE sheet_id = %s AND question = %s",
+            (answer, editor, sheet_id, question),
+        ).rowcount
+        if updated != 1:
+            raise CorrectionError(f"Sheet {sheet_id} has no question {question!r}.")
+        conn.execute("CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)",
+                     ([sheet_id],))
+
+
+def swap_students(conn: psycopg.Connection, first: int, second: int) -> None:
+    """Exchange the students of two sheets and rescore both."""
+    if first == second:
+        raise CorrectionError("Swap needs two different sheets.")
+    with conn.transaction():
+        rows = _lock(conn, [first, second])
+        if len(rows) != 2:
+            raise CorrectionError(f"Sheet {first} or {second} does not exist.")
+        conn.execute(
+            "UPDATE sheets s SET student_id = o.student_id FROM sheets o"
+            " WHERE (s.id, o.id) IN ((%s, %s), (%s, %s))",
+            (first, second, second, first),
+        )
+        conn.execute("CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)",
+                     ([first, second],))
+
+
+def _lock(conn: psycopg.Connection, sheet_ids: list[int]) -> list[tuple[int]]:
+    try:
+        return conn.execute(
+            "SELECT id FROM sheets WHERE id = ANY(%s) ORDER BY id FOR UPDATE NOWAIT",
+            (sheet_ids,),
+        ).fetchall()
+    except psycopg.errors.LockNotAvailable as exc:
+        raise SheetsBusyError(
+            "These sheets are being reprocessed right now. Wait for the task to "
+            "finish, then try again."
+        ) from exc
