@@ -57,6 +57,12 @@ def run_accuracy(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = run_suite(args.sheets, seed=args.seed, conditions=conditions)
     elapsed = time.perf_counter() - start
+    logger.info(
+        "accuracy suite finished: %d sheets per condition, %d conditions, %.1f s",
+        args.sheets,
+        len(conditions),
+        elapsed,
+    )
     print(format_table(result, ["Default", "Sensitive", "Strict"]))
     print()
     print(

@@ -7,7 +7,6 @@ decodes and resizes, so many worker threads can load sheets at once.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import cv2
@@ -16,8 +15,6 @@ import numpy.typing as npt
 
 from omr_desktop.engine.layout import field_layout
 from omr_desktop.engine.template import Template
-
-logger = logging.getLogger(__name__)
 
 # Reduced decode halves each side, so a bubble keeps half its size in the
 # decoded pixels. At 24 px on the canvas it keeps 12, and the default

@@ -2,13 +2,15 @@
 
 A fill is ``1 - grey / paper``: 0 where the bubble looks like the paper
 around it and 1 for black ink, the same scale as the darkness of a mark.
-Three steps, each vectorised over the whole sheet:
+Four steps, each vectorised over the whole sheet:
 
 1. Tone: the Levels curve and blurs (`apply_tone`).
 2. Paper level: a morphological closing of a reduced copy of the page
    removes everything narrower than ``paper_window`` bubbles (bubbles,
    marks, print) and keeps the paper, shading included (`paper_map`).
-3. Sampling: one numpy gather of a fixed grid of points inside each
+3. Alignment: each block moves by the shift that puts its boxes on the
+   marks (`omr_desktop.engine.align`).
+4. Sampling: one numpy gather of a fixed grid of points inside each
    bubble's central ellipse, then a per-bubble quantile (`measure_fills`).
 
 The point grids are built once per template and settings and cached on the

@@ -2,8 +2,10 @@
 
 `demo_template` lays out an A4 page at 200 dpi; `random_truth` draws what a
 student marked under a named condition; `render_sheet` paints it and
-encodes JPEG, PNG or TIFF. Everything random comes from the ``rng`` passed
-in, so one seed gives the same sheet bytes every time.
+encodes JPEG, PNG or TIFF. Every scan also gets a paper grey of 222-245,
+an offset of up to 4 px against the template and a slight blur. Everything
+random comes from the ``rng`` passed in, so one seed gives the same sheet
+bytes every time.
 
 Darkness follows the accuracy definition: ``1 - mean grey over the mark /
 local paper grey``. Coverage is the fraction of the bubble's area that the
