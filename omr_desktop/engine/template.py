@@ -108,6 +108,12 @@ class Template:
     def __hash__(self) -> int:
         return hash((self.page_width, self.page_height, self.fields, self.name))
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Engine modules cache arrays on the template under "_" names (the
+        # measuring grids, a rendered base page of 4 MB); a pickled copy
+        # sent to another process rebuilds them there instead.
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
     @property
     def n_bubbles(self) -> int:
         """Number of bubbles over all fields."""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from omr_desktop.engine.synthetic import random_truth, render_sheet_image
 from omr_desktop.engine.template import (
     FieldKind,
     Template,
@@ -228,3 +231,13 @@ def test_missing_template_file(tmp_path: Path) -> None:
 def test_stored_template_with_wrong_format() -> None:
     with pytest.raises(TemplateError, match="format"):
         Template.from_dict({"format": "other"})
+
+
+def test_pickle_drops_engine_caches(demo: Template) -> None:
+    rng = np.random.default_rng(1)
+    render_sheet_image(demo, random_truth(demo, rng, "clean"), rng)  # fills caches
+    data = pickle.dumps(demo)
+    assert len(data) < 1_000_000
+    copy_ = pickle.loads(data)
+    assert copy_ == demo
+    assert copy_.question_columns == demo.question_columns
