@@ -45,7 +45,11 @@ class ShiftSearch:
             is (0, 0).
         coarse: Rows of ``shifts`` tried first: every third step, with
             (0, 0) as the first row.
-        corners: (n_bubbles, 4) int, x1, y1, x2, y2 of each box, reduced px.
+        corner_index: (4, n_bubbles) int, flat indices of each box's
+            top-left, top-right, bottom-left and bottom-right corners in
+            the integral image.
+        area: (n_bubbles,) float, pixels per box.
+        stride: Row length of the integral image.
         limit: (n_blocks,) int, the largest shift allowed per block.
         min_contrast: (n_blocks,) float, the score below which a block
             counts as blank and stays in place.
@@ -54,7 +58,9 @@ class ShiftSearch:
     scale: int
     shifts: npt.NDArray[np.intp]
     coarse: npt.NDArray[np.intp]
-    corners: npt.NDArray[np.intp]
+    corner_index: npt.NDArray[np.intp]
+    area: npt.NDArray[np.float64]
+    stride: int
     limit: npt.NDArray[np.intp]
     min_contrast: npt.NDArray[np.float64]
 
@@ -126,9 +132,15 @@ def build_shift_search(
         ],
         axis=1,
     ).astype(np.intp)
+    x1, y1, x2, y2 = corners.T
+    stride = width + 1  # the integral image has one more column
+    corner_index = np.stack(
+        [y1 * stride + x1, y1 * stride + x2, y2 * stride + x1, y2 * stride + x2]
+    ).astype(np.intp)
+    area = ((x2 - x1) * (y2 - y1)).astype(np.float64)
     fields = np.bincount(layout.field_block, minlength=n_blocks)
     floor = _MIN_FIELD_CONTRAST * fields.astype(np.float64)
-    return ShiftSearch(scale, shifts, coarse, corners, limit, floor)
+    return ShiftSearch(scale, shifts, coarse, corner_index, area, stride, limit, floor)
 
 
 def find_block_shifts(
@@ -175,7 +187,8 @@ def _scores(
     shifts: npt.NDArray[np.intp],
 ) -> npt.NDArray[np.float64]:
     """Score per-block shifts (n_shifts, n_blocks, 2); -inf beyond a limit."""
-    means = _box_means(integral, search.corners, shifts[:, layout.bubble_block])
+    offsets = shifts[..., 1] * search.stride + shifts[..., 0]  # (n_shifts, n_blocks)
+    means = _box_means(integral.ravel(), search, offsets[:, layout.bubble_block])
     score = _block_contrast(means, layout, shifts.shape[1])
     reach = np.abs(shifts).max(axis=2)  # (n_shifts, n_blocks)
     return np.where(reach <= search.limit[None, :], score, -np.inf)
@@ -183,24 +196,22 @@ def _scores(
 
 def _box_means(
     integral: npt.NDArray[np.int32],
-    corners: npt.NDArray[np.intp],
-    shifts: npt.NDArray[np.intp],
+    search: ShiftSearch,
+    offsets: npt.NDArray[np.intp],
 ) -> npt.NDArray[np.float64]:
-    """Return mean grey of every shifted box, shape (n_shifts, n_bubbles)."""
-    height, width = integral.shape[0] - 1, integral.shape[1] - 1
-    x1, y1, x2, y2 = corners.T
-    dx, dy = shifts[..., 0], shifts[..., 1]
-    sx1 = np.clip(x1 + dx, 0, width - 1)
-    sx2 = np.clip(x2 + dx, 1, width)
-    sy1 = np.clip(y1 + dy, 0, height - 1)
-    sy2 = np.clip(y2 + dy, 1, height)
-    total = (
-        integral[sy2, sx2].astype(np.float64)
-        - integral[sy1, sx2]
-        - integral[sy2, sx1]
-        + integral[sy1, sx1]
-    )
-    return np.asarray(total / ((sx2 - sx1) * (sy2 - sy1)), dtype=np.float64)
+    """Return mean grey of every shifted box, shape (n_shifts, n_bubbles).
+
+    ``integral`` is the flattened integral image and ``offsets`` the flat
+    index offset of each box's shift. An index past either end of the
+    image is clipped to it. A box pushed over the left or right edge wraps
+    into the next row instead, which only matters for bubbles within the
+    search limit of the page edge.
+    """
+    last = integral.size - 1
+    index = np.clip(search.corner_index[:, None, :] + offsets[None, :, :], 0, last)
+    top_left, top_right, bottom_left, bottom_right = integral[index]
+    total = bottom_right.astype(np.float64) - top_right - bottom_left + top_left
+    return np.asarray(total / search.area[None, :], dtype=np.float64)
 
 
 def _block_contrast(
