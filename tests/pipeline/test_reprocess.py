@@ -40,8 +40,18 @@ from omr_desktop.pipeline.copy_rows import (
 )
 from omr_desktop.pipeline.events import ProgressEvent
 from omr_desktop.pipeline.reprocess import ReprocessRequest
-from omr_desktop.pipeline.task_manager import TaskConflictError, TaskManager
+from omr_desktop.pipeline.task_manager import (
+    MAX_SHEETS_PER_TASK,
+    EmptySelectionError,
+    TaskConflictError,
+    TaskManager,
+    TaskRequestError,
+    TooManySheetsError,
+    UnknownProfileError,
+    UnknownSheetsError,
+)
 from tests.conftest import RUN_ID, drop_database, with_dbname
+from tests.db.builders import add_batch, add_sheet, add_template
 from tests.pipeline.conftest import WORKERS, EventLog, snapshot_tables
 
 pytestmark = pytest.mark.db
@@ -512,7 +522,7 @@ def test_writer_killed_between_copies_changes_nothing(
     assert manager.wait(task_id, TASK_TIMEOUT_S)
 
     reason = assert_failed_and_unchanged(database, db, log.of(task_id), task_id, before)
-    assert reason.startswith("Database error: ")
+    assert reason.startswith("Database error: terminating connection")
     copied = [e for e in log.of(task_id) if e.stage == ev.COLLECTING_RESULTS]
     assert copied == []
 
@@ -905,6 +915,78 @@ def test_manual_correction_survives_unless_replaced(
     assert result["answers_updated"] == 1
     assert result["answers_changed"] == 1
     assert result["manual_corrections_kept"] == 0
+
+
+# -- Submitting -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sheets", "profile_id", "error", "message"),
+    [
+        ((), SENSITIVE, EmptySelectionError, "No sheets selected"),
+        ((1, 2), 999, UnknownProfileError, "Profile 999 does not exist."),
+        ((2, 98, 99), SENSITIVE, UnknownSheetsError, "Unknown sheet ids: 98, 99."),
+        (
+            tuple(range(1, MAX_SHEETS_PER_TASK + 2)),
+            SENSITIVE,
+            TooManySheetsError,
+            "100,001 sheets are more than one task takes",
+        ),
+    ],
+)
+def test_invalid_request_queues_nothing(
+    manager: TaskManager,
+    db: psycopg.Connection,
+    sheets: tuple[int, ...],
+    profile_id: int,
+    error: type[TaskRequestError],
+    message: str,
+) -> None:
+    batch_id = add_batch(db, "Rejected", add_template(db), None)
+    stored = [add_sheet(db, batch_id, n, []) for n in (1, 2)]
+    assert stored == [1, 2]
+
+    with pytest.raises(error) as rejected:
+        manager.submit(ReprocessRequest(sheets, profile_id))
+
+    assert str(rejected.value).startswith(message)
+    assert db.execute("SELECT count(*) FROM reprocess_tasks").fetchone() == (0,)
+    assert manager.active_task_ids() == []
+
+
+def test_repeated_sheet_ids_run_once(
+    manager: TaskManager,
+    database: Database,
+    demo_sheet_ids: list[int],
+) -> None:
+    first, second = demo_sheet_ids[:2]
+
+    task_id = run_task(manager, ReprocessRequest((second, first, second), SENSITIVE))
+
+    row = task_row(database, task_id)
+    assert row.sheet_ids == [second, first]
+    assert row.status == task_store.SUCCESS
+    assert row.result["sheets_total"] == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="TaskManager.submit inserts the PENDING row and the active entry "
+    "before the stopped runner rejects the task, so both stay behind",
+)
+def test_submit_after_shutdown_leaves_nothing(
+    manager: TaskManager, db: psycopg.Connection, demo_sheet_ids: list[int]
+) -> None:
+    manager.shutdown()
+
+    with pytest.raises(RuntimeError):
+        manager.submit(ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE))
+
+    assert manager.active_task_ids() == []
+    pending = db.execute(
+        "SELECT count(*) FROM reprocess_tasks WHERE status = 'PENDING'"
+    ).fetchone()
+    assert pending == (0,)
 
 
 # -- Concurrent tasks ---------------------------------------------------------------
