@@ -111,3 +111,15 @@ def test_without_search_a_shift_loses_marks(
     shifted[12:, 12:] = image[:-12, :-12]
     fills = measure_fills(shifted, demo, MeasurementSettings(align_search=0.0))
     assert fills[np.array(truth.kinds) == "solid"].min() < 0.7
+
+
+def test_half_page_measures_like_full_page(
+    demo: Template, rng: np.random.Generator
+) -> None:
+    truth = random_truth(demo, rng, "light")
+    data = render_sheet(demo, truth, rng)
+    full = measure_fills(decode_sheet_bytes(data, demo), demo, SETTINGS)
+    half_image = decode_sheet_bytes(data, demo, keep_reduced=True)
+    assert half_image.shape == (1200, 850)
+    half = measure_fills(half_image, demo, SETTINGS)
+    assert np.abs(full - half).max() < 0.03
