@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -104,6 +105,34 @@ def make_app(manager: TaskManager) -> Callable[..., web.Application]:
         return create_app(manager, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def detect_pool_gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Hold every detection until the returned event is set.
+
+    Patches the pool of the ``manager`` fixture (its threads are named
+    test-detect), so that a task stays STARTED, and the ones after it
+    PENDING, until the test sets the event.
+    """
+    gate = threading.Event()
+    original = ThreadPoolExecutor.submit
+
+    def gated_submit(
+        self: ThreadPoolExecutor, fn: Any, /, *args: Any, **kw: Any
+    ) -> Any:
+        if self._thread_name_prefix != "test-detect":
+            return original(self, fn, *args, **kw)
+
+        def held() -> Any:
+            gate.wait(TIMEOUT_S)
+            return fn(*args, **kw)
+
+        return original(self, held)
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", gated_submit)
+    yield gate
+    gate.set()
 
 
 @dataclass

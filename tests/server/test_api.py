@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -193,35 +193,6 @@ async def wait_for_status(client: Any, task_id: str, status: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"task {task_id} never reached {status}")
-
-
-@pytest.fixture
-def detect_pool_gate(
-    database: Database, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[threading.Event]:
-    """Hold every detection until the returned event is set.
-
-    Patches the manager fixture's pool so that tasks stay STARTED (and the
-    ones after them PENDING) until the test releases them.
-    """
-    gate = threading.Event()
-    original = ThreadPoolExecutor.submit
-
-    def gated_submit(
-        self: ThreadPoolExecutor, fn: Any, /, *args: Any, **kw: Any
-    ) -> Any:
-        if self._thread_name_prefix != "test-detect":
-            return original(self, fn, *args, **kw)
-
-        def held() -> Any:
-            gate.wait(TIMEOUT_S)
-            return fn(*args, **kw)
-
-        return original(self, held)
-
-    monkeypatch.setattr(ThreadPoolExecutor, "submit", gated_submit)
-    yield gate
-    gate.set()
 
 
 async def test_task_started_in_manager_is_followed_over_http(
