@@ -14,6 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -185,7 +186,7 @@ def write_sheets(
                         position,
                         a.answer_raw,
                         a.answer_corrected,
-                        float(f"{float(a.confidence_score):.6g}"),
+                        _rounded([a.confidence_score])[0],
                         _rounded(a.fills),
                         a.reason,
                         bool(a.needs_review),
@@ -195,12 +196,13 @@ def write_sheets(
 
 
 def _rounded(fills: Sequence[float]) -> list[float]:
-    """Round fills to six significant digits, as a reprocess stores them.
+    """Round values to float32, as the ``real`` columns store them.
 
     The same rounding on both paths means that a reprocess which measures
     the same values finds nothing to update.
     """
-    return [float(f"{float(f):.6g}") for f in fills]
+    rounded: list[float] = np.asarray(fills, dtype=np.float32).tolist()
+    return rounded
 
 
 def _reserve_sheet_ids(conn: psycopg.Connection, count: int) -> list[int]:

@@ -144,12 +144,38 @@ def load_sheet_detail(conn: psycopg.Connection, sheet_id: int) -> SheetDetail | 
         " WHERE sheet_id = %s ORDER BY position",
         (sheet_id,),
     ).fetchall()
+    (
+        sid,
+        seq,
+        code,
+        name,
+        score,
+        path,
+        status,
+        error,
+        profile_id,
+        profile_name,
+        settings,
+        layout,
+    ) = row[:12]
     return SheetDetail(
-        *row[:12],
+        sid,
+        seq,
+        code,
+        name,
+        score,
+        path,
+        status,
+        error,
+        profile_id,
+        profile_name,
+        settings,
+        layout,
         fills=None if row[12] is None else tuple(row[12]),
         answers=tuple(
-            AnswerDetail(a[0], a[1], a[2], a[3], float(a[4]), a[5], a[6],
-                         tuple(a[7]), a[8])
+            AnswerDetail(
+                a[0], a[1], a[2], a[3], float(a[4]), a[5], a[6], tuple(a[7]), a[8]
+            )
             for a in answers
         ),
     )

@@ -6,7 +6,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -120,27 +120,65 @@ def mark_interrupted(conn: psycopg.Connection) -> list[str]:
     """
     host, _pid = runner_identity()
     rows = conn.execute(
-        "SELECT task_id::text, runner_pid FROM reprocess_tasks"
+        "SELECT task_id::text, runner_pid, created_at FROM reprocess_tasks"
         " WHERE status IN ('PENDING', 'STARTED') AND runner_host = %s",
         (host,),
     ).fetchall()
-    dead = [task_id for task_id, pid in rows if not _process_alive(pid)]
-    if dead:
-        conn.execute(
-            "UPDATE reprocess_tasks SET status = 'FAILURE', error = 'interrupted',"
-            " finished_at = now() WHERE task_id = ANY(%s::uuid[])",
-            (dead,),
-        )
+    dead = [
+        task_id for task_id, pid, created in rows if not _runner_alive(pid, created)
+    ]
+    for task_id in dead:
+        with conn.transaction():
+            conn.execute(
+                "UPDATE reprocess_tasks SET status = 'FAILURE', error = 'interrupted',"
+                " finished_at = now() WHERE task_id = %s",
+                (task_id,),
+            )
+            _append_interrupted_event(conn, task_id)
     return dead
 
 
-def _process_alive(pid: int | None) -> bool:
+def _append_interrupted_event(conn: psycopg.Connection, task_id: str) -> None:
+    """End the task's stored log with an error event, as a failing task's ends."""
+    event_id = last_event_id(conn, task_id) + 1
+    row = conn.execute(
+        "SELECT coalesce(array_length(sheet_ids, 1), 0) FROM reprocess_tasks"
+        " WHERE task_id = %s",
+        (task_id,),
+    ).fetchone()
+    data = {
+        "task_id": task_id,
+        "event": "error",
+        "stage": "Failed",
+        "message": "Reprocess failed: interrupted",
+        "progress_percentage": 0.0,
+        "overall_percentage": 0.0,
+        "processed": 0,
+        "total": int(row[0]) if row else 0,
+        "failed": 0,
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "elapsed_s": 0.0,
+        "status": FAILURE,
+        "result": {"reason": "interrupted"},
+        "event_id": event_id,
+    }
+    append_event(conn, task_id, event_id, "error", data)
+
+
+# When this process started running tasks, near enough: a task of this pid
+# created earlier belongs to an older process that had the same pid.
+_PROCESS_STARTED = datetime.now(UTC)
+
+
+def _runner_alive(pid: int | None, created_at: datetime) -> bool:
     if pid is None:
         return False
     if pid == os.getpid():
-        # Tasks of this very process found at its own start-up are leftovers
-        # of an earlier process that had the same pid.
-        return False
+        return created_at >= _PROCESS_STARTED
+    return _process_alive(pid)
+
+
+def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -198,6 +198,10 @@ def run_reprocess(
     """
     run = _Run(task_id, request, sink, total=len(request.sheet_ids))
     with database.connect() as conn:
+        # The workers encode COPY text as UTF-8; the server converts it to
+        # the database's own encoding, and fails the task where it cannot.
+        conn.execute("SET client_encoding TO 'UTF8'")
+        conn.commit()
         with conn.transaction():
             jobs, settings = _load_sheets(conn, run)
             reprocess_store.create_staging(conn)

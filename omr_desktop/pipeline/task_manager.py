@@ -126,10 +126,12 @@ class _TaskSink:
         self._active = active
         self._conn: psycopg.Connection | None = None
         self._next_id = 1
+        self.last_event: ProgressEvent | None = None
 
     def report(self, event: ProgressEvent) -> None:
         stored = replace(event, event_id=self._next_id)
         self._next_id += 1
+        self.last_event = stored
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self._manager.database.connect(autocommit=True)
@@ -174,6 +176,7 @@ class TaskManager:
         self._lock = threading.Lock()
         self._active: dict[str, _Active] = {}
         self._listeners: list[Listener] = []
+        self._closed = False
         self._fail_interrupted()
 
     def _fail_interrupted(self) -> None:
@@ -217,10 +220,12 @@ class TaskManager:
             TaskRequestError: empty selection, too many sheets, unknown
                 profile or sheets, or an overlap with a queued or running task.
         """
+        self._check_open()
         request = self._validated(request)
         task_id = str(uuid.uuid4())
         active = _Active(task_id, request, frozenset(request.sheet_ids))
         with self._lock:
+            self._check_open()
             self._check_overlap(active.sheets)
             with self.database.connect(autocommit=True) as conn:
                 task_store.create_task(
@@ -268,6 +273,13 @@ class TaskManager:
             raise UnknownSheetsError(missing)
         return replace(request, sheet_ids=sheet_ids)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TaskRequestError(
+                "The reprocess queue is shut down; restart the application to "
+                "reprocess."
+            )
+
     def _check_overlap(self, sheets: frozenset[int]) -> None:
         for other in self._active.values():
             overlap = sheets & other.sheets
@@ -299,9 +311,13 @@ class TaskManager:
         return True if active is None else active.done.wait(timeout_s)
 
     def shutdown(self, cancel: bool = True) -> None:
-        """Cancel (by default) the active tasks and wait for the runner to stop."""
-        if cancel:
-            with self._lock:
+        """Cancel (by default) the active tasks and wait for the runner to stop.
+
+        Later submits raise TaskRequestError.
+        """
+        with self._lock:
+            self._closed = True
+            if cancel:
                 for active in self._active.values():
                     active.cancel_requested = True
         self._runner.shutdown(wait=True)
@@ -377,6 +393,9 @@ class TaskManager:
         with self.database.connect(autocommit=True) as conn:
             task_store.mark_failed(conn, active.task_id, reason, result)
         logger.warning("Task %s failed: %s", active.task_id, reason)
+        # The counts and elapsed time are those of the last event sent, so a
+        # client sees how far the task got.
+        last = sink.last_event
         sink.report(
             ProgressEvent(
                 task_id=active.task_id,
@@ -385,11 +404,11 @@ class TaskManager:
                 message=f"Reprocess failed: {reason}",
                 progress_percentage=0.0,
                 overall_percentage=0.0,
-                processed=0,
+                processed=last.processed if last else 0,
                 total=len(active.request.sheet_ids),
-                failed=0,
+                failed=last.failed if last else 0,
                 timestamp=datetime.now(UTC).isoformat(timespec="milliseconds"),
-                elapsed_s=0.0,
+                elapsed_s=last.elapsed_s if last else 0.0,
                 status=task_store.FAILURE,
                 result={"reason": reason, **result},
             )

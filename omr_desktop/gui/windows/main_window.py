@@ -331,6 +331,16 @@ class MainWindow(QMainWindow):
         if current.isValid():
             self.open_sheet(self._sheet_id_at(current.row()))
 
+    @property
+    def open_sheet_id(self) -> int | None:
+        return self._open_sheet_id
+
+    @property
+    def open_sheet_profile_id(self) -> int | None:
+        """The profile the open sheet was last read with (the dialog preselects it)."""
+        detail = self.sheet_panel.detail
+        return None if detail is None else detail.profile_id
+
     def open_sheet(self, sheet_id: int) -> None:
         """Load ``sheet_id`` into Panel C off the GUI thread."""
         database = self._database
