@@ -58,11 +58,17 @@ def format_percentage(event: ProgressEvent) -> str:
     """Format the stage's own percentage, or "" where none applies.
 
     A stage's opening event sits at 0 % and shows none, as does the
-    failure event, which carries no progress.
+    failure event, which carries no progress. Percentages round to whole
+    numbers (4.6 shows as 5%), except that 99.5 up to 100 shows as 99%, so
+    "100%" means the stage is done.
     """
-    if event.stage == ev.FAILED or event.progress_percentage <= 0:
+    percentage = event.progress_percentage
+    if event.stage == ev.FAILED or percentage <= 0:
         return ""
-    return f"{event.progress_percentage:.0f}%"
+    shown = round(percentage)
+    if shown >= 100 and percentage < 100:
+        shown = 99
+    return f"{shown}%"
 
 
 def _parse_timestamp(text: str) -> datetime | None:
