@@ -154,6 +154,12 @@ class ProfileDialog(QDialog):
         self._init_profiles(profiles)
         self._init_buttons(sheet_count)
         self._select_profile(current_profile_id)
+        # Connected after the preselection, which _update_for_selection
+        # handles once, so the first preview does not start twice.
+        self._view.selectionModel().selectionChanged.connect(
+            self._on_profiles_view_selection_changed
+        )
+        self._view.doubleClicked.connect(self._on_profiles_view_double_clicked)
         self._update_for_selection()
         self.resize(860, 560)
 
@@ -191,10 +197,6 @@ class ProfileDialog(QDialog):
         # Descriptions wrap, so row heights follow the description column.
         header.sectionResized.connect(self._on_header_section_resized)
         self._view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self._view.selectionModel().selectionChanged.connect(
-            self._on_profiles_view_selection_changed
-        )
-        self._view.doubleClicked.connect(self._on_profiles_view_double_clicked)
 
     def _init_buttons(self, sheet_count: int) -> None:
         self._reprocess_button: QPushButton = self._buttons.addButton(
