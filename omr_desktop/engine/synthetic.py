@@ -330,30 +330,54 @@ def _mark_alpha(
     """Return a (size, size) float32 mask in [0, 1] with the given area share."""
     r = (size - 1) / 2.0
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) - r
-    radius = r + 0.5
     if kind == "partial":
-        # A fill from one side: the part of the disc beyond a chord.
-        angle = rng.uniform(0, 2 * np.pi)
-        proj = xx * np.cos(angle) + yy * np.sin(angle)
-        cut = _chord_offset(coverage) * radius
-        alpha = np.clip(proj - cut + 0.5, 0, 1) * np.clip(
-            radius - np.hypot(xx, yy) + 0.5, 0, 1
-        )
-        return np.asarray(alpha, dtype=np.float32)
-    if kind == "stray":
-        alpha = np.zeros((size, size), np.float32)
-        length = max(2.0, coverage * np.pi * radius**2 / 2.0)
-        cx, cy = rng.uniform(-r / 2, r / 2, size=2)
-        angle = rng.uniform(0, np.pi)
-        p1 = (int(r + cx), int(r + cy))
-        p2 = (
-            int(r + cx + length * np.cos(angle)),
-            int(r + cy + length * np.sin(angle)),
-        )
-        cv2.line(alpha, p1, p2, 1.0, 2, cv2.LINE_AA)
-        return alpha
-    # An ellipse of the requested area, slightly elongated, turned and off
-    # centre, as a hand fills a bubble.
+        alpha = _chord_fill(xx, yy, r + 0.5, coverage, rng)
+    elif kind == "stray":
+        alpha = _dash(size, coverage, rng)
+    else:
+        alpha = _hand_ellipse(xx, yy, r + 0.5, coverage, rng)
+    return np.asarray(alpha, dtype=np.float32)
+
+
+def _chord_fill(
+    xx: npt.NDArray[np.float32],
+    yy: npt.NDArray[np.float32],
+    radius: float,
+    coverage: float,
+    rng: np.random.Generator,
+) -> npt.NDArray[np.float32]:
+    """Return a fill from one side: the part of the disc beyond a chord."""
+    angle = rng.uniform(0, 2 * np.pi)
+    along = xx * np.cos(angle) + yy * np.sin(angle)
+    cut = _chord_offset(coverage) * radius
+    inside = np.clip(radius - np.hypot(xx, yy) + 0.5, 0, 1)
+    return np.asarray(np.clip(along - cut + 0.5, 0, 1) * inside, dtype=np.float32)
+
+
+def _dash(
+    size: int, coverage: float, rng: np.random.Generator
+) -> npt.NDArray[np.float32]:
+    """Return a 2 px stroke whose area is about ``coverage`` of the bubble."""
+    r = (size - 1) / 2.0
+    alpha = np.zeros((size, size), np.float32)
+    length = max(2.0, coverage * np.pi * (r + 0.5) ** 2 / 2.0)
+    cx, cy = rng.uniform(-r / 2, r / 2, size=2)
+    angle = rng.uniform(0, np.pi)
+    start = (int(r + cx), int(r + cy))
+    end = (int(r + cx + length * np.cos(angle)), int(r + cy + length * np.sin(angle)))
+    cv2.line(alpha, start, end, 1.0, 2, cv2.LINE_AA)
+    return alpha
+
+
+def _hand_ellipse(
+    xx: npt.NDArray[np.float32],
+    yy: npt.NDArray[np.float32],
+    radius: float,
+    coverage: float,
+    rng: np.random.Generator,
+) -> npt.NDArray[np.float32]:
+    """Return an ellipse of the requested area, a little stretched, turned
+    and off centre, as a hand fills a bubble."""
     mark_radius = radius * math.sqrt(coverage)
     stretch = rng.uniform(0.9, 1.1)
     turn = rng.uniform(0, np.pi)
