@@ -35,7 +35,7 @@ def make_event(
     kind: str = ev.PROGRESS,
     reported_elapsed_s: float | None = None,
 ) -> ProgressEvent:
-    """Build an event ``elapsed_s`` after START; it may report another elapsed."""
+    """Build an event ``elapsed_s`` after START, reporting ``reported_elapsed_s``."""
     return ProgressEvent(
         task_id="task-1",
         event=kind,
@@ -129,7 +129,7 @@ def test_elapsed_counts_from_task_start() -> None:
     model = ActivityLogModel()
     # The first event arrives 31 s into the task.
     model.append_event(make_event(31))
-    # A failure event reports 0 s elapsed; its timestamp says 64 s.
+    # A failure event reports 0 s elapsed, but its timestamp is 64 s in.
     model.append_event(
         make_event(64, stage=ev.FAILED, kind=ev.ERROR, reported_elapsed_s=0.0)
     )
@@ -208,13 +208,13 @@ def test_view_stays_when_scrolled_up(view: ActivityLogView, qtbot: QtBot) -> Non
     qtbot.waitUntil(lambda: bar.maximum() > 0)
 
     bar.setValue(bar.maximum() // 3)
-    kept = bar.value()
+    position = bar.value()
     old_maximum = bar.maximum()
     append_rows(view, 60, 20)
     qtbot.waitUntil(lambda: bar.maximum() > old_maximum)
 
     assert not view.is_following()
-    assert bar.value() == kept
+    assert bar.value() == position
 
     bar.setValue(bar.maximum())
     assert view.is_following()

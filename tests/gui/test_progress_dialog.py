@@ -96,9 +96,9 @@ def failed_event(event_id: int, reason: str) -> ProgressEvent:
 
 @pytest.fixture
 def dialog(qtbot: QtBot, monkeypatch: pytest.MonkeyPatch) -> ProgressDialog:
-    # qtbot closes the dialog after each test; a real question box would
-    # then block a test whose task never ended. Tests that answer it
-    # patch it again.
+    # qtbot closes the dialog after each test, and a real question box
+    # would then block a test whose task never ended. Tests that need
+    # another reply patch it again.
     monkeypatch.setattr(
         QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.No
     )
@@ -126,11 +126,11 @@ def button_texts(dialog: ProgressDialog) -> list[str]:
     return [button.text() for button in box.buttons()]
 
 
-def click(dialog: ProgressDialog, which: QDialogButtonBox.StandardButton) -> None:
+def click(dialog: ProgressDialog, kind: QDialogButtonBox.StandardButton) -> None:
     box = dialog.findChild(QDialogButtonBox, "buttonBox")
     assert box is not None
-    button = box.button(which)
-    assert button is not None, which
+    button = box.button(kind)
+    assert button is not None, kind
     button.click()
 
 

@@ -45,7 +45,8 @@ class PreviewResult:
     """The answers of one sheet that a profile would change.
 
     Attributes:
-        sheet_label: how the editor knows the sheet, such as "Sheet 42 (S-0042)".
+        sheet_label: the name the dialog shows for the sheet, such as
+            "Sheet 42 (S-0042)".
         changes: one ``(question, old answer, new answer)`` per changed
             answer; a blank answer is the empty string.
     """
@@ -59,7 +60,7 @@ PreviewFunction = Callable[[int], PreviewResult]
 
 
 class PreviewSignals(QObject):
-    """Signals of a preview task; each carries the request number it answers.
+    """Signals of a preview task, each with the number of the request it ran for.
 
     Signals:
         finished(int, object): the request number and its PreviewResult.
@@ -71,7 +72,7 @@ class PreviewSignals(QObject):
 
 
 class _PreviewTask(QRunnable):
-    """Call ``preview(profile_id)`` on a pool thread; never touches a widget."""
+    """Run ``preview(profile_id)`` on a pool thread without touching any widget."""
 
     def __init__(self, preview: PreviewFunction, profile_id: int, request: int) -> None:
         super().__init__()

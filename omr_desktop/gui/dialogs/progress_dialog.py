@@ -33,6 +33,12 @@ FAILED_STATE = "✗ Failed"
 _COMPLETE_STYLE = "font-weight: bold; color: #1e7b34;"
 _FAILED_STYLE = "font-weight: bold; color: #b3261e;"
 
+# Lines of the failed-sheet list shown before it scrolls.
+_FAILED_SHEETS_SHOWN = 5
+# The plain-text box's frames and document margins, top and bottom
+# together: Qt's default document margin is 4 px a side, frames 1-2 px.
+_TEXT_PADDING_PX = 16
+
 # The progress bar counts tenths of a percent, so 0.1 % steps still move it.
 _BAR_STEPS_PER_PERCENT = 10
 
@@ -43,8 +49,8 @@ class TaskEventBridge(QObject):
     Create it on the GUI thread, connect ``event_received`` to
     ``ProgressDialog.add_event`` and pass ``emit_event`` to
     ``TaskManager.add_listener``. The connection is queued because the
-    signal is emitted on another thread, so the dialog sees each event on
-    the GUI thread. Remove the listener before the bridge is deleted.
+    signal is emitted on another thread, so the dialog receives each event
+    on the GUI thread. Remove the listener before the bridge is deleted.
 
     Signals:
         event_received(object): a ProgressEvent of any task.
@@ -53,7 +59,7 @@ class TaskEventBridge(QObject):
     event_received = Signal(object)
 
     def emit_event(self, event: ProgressEvent) -> None:
-        """Emit ``event_received`` with ``event``; safe to call from any thread."""
+        """Emit ``event_received`` with ``event``. Any thread may call this."""
         self.event_received.emit(event)
 
 
@@ -94,7 +100,7 @@ class ProgressDialog(QDialog):
     of an event id already shown, and events after the task's last event are
     ignored.
 
-    While the task runs, Cancel asks for the task to stop and closing the
+    While the task runs, Cancel emits ``cancel_requested``, and closing the
     window first asks the editor to confirm. Once the task has ended, the
     button reads Close and the dialog shows what the task did.
 
@@ -119,8 +125,8 @@ class ProgressDialog(QDialog):
         self._last_event_id = 0
         self._terminal_event: ProgressEvent | None = None
         self._cancel_sent = False
-        # Set when the editor confirmed closing while the task ran; the
-        # dialog closes itself once the task has stopped.
+        # Set when the editor confirmed closing while the task ran. The
+        # dialog then closes itself once the task has stopped.
         self._close_when_ended = False
         self._closed_signal_sent = False
         self.setWindowTitle("Re-Processing Sheets")
@@ -193,7 +199,7 @@ class ProgressDialog(QDialog):
 
     @Slot(object)
     def add_event(self, event: ProgressEvent) -> None:
-        """Show ``event`` if it belongs to this dialog's task; GUI thread only."""
+        """Show ``event`` if it belongs to this dialog's task. GUI thread only."""
         if event.task_id != self._task_id or self.is_ended():
             return
         if event.event_id:
@@ -244,6 +250,10 @@ class ProgressDialog(QDialog):
         failed_sheets = list(result.get("failed_sheets") or [])
         self._failed_sheets.setPlainText(format_failed_sheets(failed_sheets))
         self._failed_sheets.setVisible(bool(failed_sheets))
+        # As tall as its lines, up to a few; longer lists scroll.
+        lines = min(len(failed_sheets), _FAILED_SHEETS_SHOWN)
+        line_px = self._failed_sheets.fontMetrics().lineSpacing()
+        self._failed_sheets.setFixedHeight(lines * line_px + _TEXT_PADDING_PX)
         self._result_group.show()
 
     def _end(self, event: ProgressEvent) -> None:
@@ -276,9 +286,9 @@ class ProgressDialog(QDialog):
         self.accept()
 
     def reject(self) -> None:
-        """Close after the end; while the task runs, offer to cancel it first.
+        """Close the dialog, or offer to cancel the task while it runs.
 
-        The window's close button and Escape both come here.
+        The window's close button and Escape both call this.
         """
         if self.is_ended():
             super().reject()
@@ -299,7 +309,7 @@ class ProgressDialog(QDialog):
         self._state.setText("Cancelling… the window closes when the task has stopped.")
 
     def done(self, result: int) -> None:
-        """Close with ``result``; emit ``closed_after_end`` once the task has ended."""
+        """Close with ``result``; emit ``closed_after_end`` if the task has ended."""
         super().done(result)
         if self.is_ended() and not self._closed_signal_sent:
             self._closed_signal_sent = True

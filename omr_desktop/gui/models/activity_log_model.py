@@ -42,8 +42,8 @@ def format_time_of_day(moment: datetime) -> str:
 
 def format_elapsed(seconds: float) -> str:
     """Format whole elapsed seconds as ``43s``, ``2m 18s`` or ``1h 2m 5s``."""
-    # Rounded to milliseconds first, so 42.9999 from a float subtraction
-    # shows as 43s; then truncated, so 43.9 s is still "43s".
+    # Rounding to milliseconds first makes 42.9999 from a float subtraction
+    # show as 43s. Truncating then keeps 43.9 s at "43s".
     total = max(0, int(round(seconds, 3)))
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
@@ -65,10 +65,10 @@ def format_percentage(event: ProgressEvent) -> str:
     percentage = event.progress_percentage
     if event.stage == ev.FAILED or percentage <= 0:
         return ""
-    shown = round(percentage)
-    if shown >= 100 and percentage < 100:
-        shown = 99
-    return f"{shown}%"
+    rounded = round(percentage)
+    if rounded >= 100 and percentage < 100:
+        rounded = 99
+    return f"{rounded}%"
 
 
 def _parse_timestamp(text: str) -> datetime | None:
@@ -76,7 +76,7 @@ def _parse_timestamp(text: str) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return None
-    # Naive timestamps are taken as local time; astimezone() assumes so.
+    # astimezone() takes a naive timestamp as local time.
     return moment.astimezone()
 
 
@@ -140,7 +140,7 @@ class ActivityLogModel(QAbstractTableModel):
         self.endResetModel()
 
     def log_row(self, row: int) -> LogRow:
-        """Return the formatted row ``row``; raises IndexError outside the rows."""
+        """Return the formatted row ``row``. Raises IndexError outside the rows."""
         return self._rows[row]
 
     def _format(self, event: ProgressEvent) -> LogRow:

@@ -106,7 +106,7 @@ class ProfileListModel(QAbstractTableModel):
         self.endResetModel()
 
     def profile(self, row: int) -> ProfileInfo:
-        """Return the profile of ``row``; raises IndexError outside the rows."""
+        """Return the profile of ``row``. Raises IndexError outside the rows."""
         return self._profiles[row]
 
     def row_of(self, profile_id: int | None) -> int | None:
