@@ -17,8 +17,11 @@ from PySide6.QtWidgets import QApplication
 from omr_desktop import __version__
 from omr_desktop.db.database import Database
 from omr_desktop.gui.icons import icon, register_icon_search_path
+from omr_desktop.gui.reprocess_flow import ReprocessFlow
 from omr_desktop.gui.windows.main_window import MainWindow
 from omr_desktop.gui.workers.db_task import DbTask
+from omr_desktop.gui.workers.qt_executor import QThreadPoolExecutor
+from omr_desktop.pipeline.task_manager import TaskManager
 
 logger = logging.getLogger(__name__)
 
@@ -39,20 +42,74 @@ def create_application(argv: list[str] | None = None) -> QApplication:
     return app
 
 
-def open_database_in_background(window: MainWindow, database: Database) -> DbTask:
+class AppSession:
+    """What the application runs once its database is open.
+
+    Attributes:
+        executor: detection threads (a QThreadPool; the size is the
+            ``detection/threads`` setting, default the number of cores).
+        manager: the reprocess queue.
+        flow: the Re-Process workflow of the main window.
+    """
+
+    def __init__(
+        self, window: MainWindow, database: Database, threads: int | None = None
+    ) -> None:
+        threads = threads or detection_threads()
+        self.window = window
+        self.database = database
+        self.executor = QThreadPoolExecutor(threads)
+        self.manager = TaskManager(database, self.executor, threads)
+        self.flow = ReprocessFlow(database, self.manager, window, parent=window)
+        window.reprocess_requested.connect(self._on_window_reprocess_requested)
+
+    def _on_window_reprocess_requested(self, sheet_ids: list[int]) -> None:
+        self.flow.start(
+            sheet_ids, self.window.open_sheet_id, self.window.open_sheet_profile_id
+        )
+
+    def close(self) -> None:
+        """Cancel running tasks and wait for their threads; safe to call twice."""
+        self.flow.close()
+        self.manager.shutdown(cancel=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def detection_threads() -> int:
+    """Return the detection thread count: the saved setting, else the core count."""
+    import os
+
+    from PySide6.QtCore import QSettings
+
+    value = QSettings().value("detection/threads")
+    try:
+        threads = int(value) if value is not None else 0
+    except (TypeError, ValueError):
+        threads = 0
+    return threads if threads > 0 else (os.cpu_count() or 2)
+
+
+def open_database_in_background(
+    window: MainWindow, database: Database, sessions: list[AppSession]
+) -> DbTask:
     """Open (and, if embedded, start) the database off the GUI thread.
 
     The window shows the result: the batch list, or a message saying why the
-    database is unavailable.
+    database is unavailable. On success an AppSession is appended to
+    ``sessions``.
     """
 
     def open_it() -> Database:
         database.open()
         return database
 
+    def opened(result: Database) -> None:
+        sessions.append(AppSession(window, result))
+        window.set_database(result)
+
     task = DbTask(open_it)
     task.setAutoDelete(False)
-    task.signals.finished.connect(window.set_database)
+    task.signals.finished.connect(opened)
     task.signals.failed.connect(window.show_database_error)
     QThreadPool.globalInstance().start(task)
     return task
@@ -64,11 +121,14 @@ def run_gui(args: argparse.Namespace) -> int:
     database = Database()
     window = MainWindow()
     window.show()
-    task = open_database_in_background(window, database)
+    sessions: list[AppSession] = []
+    task = open_database_in_background(window, database, sessions)
     logger.info("OMR Desktop %s started", __version__)
     try:
         status = app.exec()
     finally:
+        for session in sessions:
+            session.close()
         QThreadPool.globalInstance().waitForDone()
         del task
         database.close()

@@ -217,6 +217,10 @@ class ProfileDialog(QDialog):
 
     # -- The choice ----------------------------------------------------------
 
+    def select_profile(self, profile_id: int) -> None:
+        """Select a profile as the editor's click would (scripts and tests)."""
+        self._select_profile(profile_id)
+
     def chosen_profile_id(self) -> int | None:
         """Return the chosen profile's id, or None unless Re-Process was pressed."""
         if self.result() != QDialog.DialogCode.Accepted:

@@ -1,0 +1,132 @@
+"""The whole reprocess, from selection to refreshed list, on a real database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from pytestqt.qtbot import QtBot
+
+from omr_desktop.app import AppSession
+from omr_desktop.config import DatabaseChoice
+from omr_desktop.db.database import Database
+from omr_desktop.gui.windows.main_window import MainWindow
+from omr_desktop.pipeline.demo import seed_demo
+
+pytestmark = [pytest.mark.gui, pytest.mark.db]
+
+SENSITIVE = 2
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def database(db_conninfo: str, tmp_path: Path) -> Iterator[Database]:
+    with psycopg.connect(db_conninfo) as conn:
+        seed_demo(conn, tmp_path, sheets=4, workers=2)
+    opened = Database(DatabaseChoice(db_conninfo, "environment"))
+    opened.open()
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def session(qtbot: QtBot, database: Database) -> Iterator[AppSession]:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    app_session = AppSession(window, database, threads=2)
+    with qtbot.waitSignal(window.sheets_loaded, timeout=TIMEOUT_MS):
+        with qtbot.waitSignal(window.batches_loaded, timeout=TIMEOUT_MS):
+            window.set_database(database)
+        window.batches_view.selectRow(0)
+    yield app_session
+    app_session.close()
+
+
+def light_marks_read(database: Database) -> int:
+    with database.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM omr_answers WHERE reason = 'light_mark'"
+            " AND answer_raw <> ''"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def choose_profile(profile_id: int) -> Any:
+    def choose(dialog: Any) -> None:
+        dialog.select_profile(profile_id)
+        dialog.accept()
+
+    return choose
+
+
+def test_full_run_changes_database_and_refreshes_list(
+    session: AppSession, qtbot: QtBot, database: Database
+) -> None:
+    window = session.window
+    before = light_marks_read(database)
+    window.select_mode_button.setChecked(True)
+    window.select_all_visible()
+    session.flow.profile_dialog_opened.connect(choose_profile(SENSITIVE))
+    dialogs: list[Any] = []
+    session.flow.progress_dialog_opened.connect(dialogs.append)
+
+    with qtbot.waitSignal(session.flow.task_ended, timeout=TIMEOUT_MS):
+        window.reprocess_button.click()
+
+    assert light_marks_read(database) > before
+    qtbot.waitUntil(lambda: bool(dialogs), timeout=TIMEOUT_MS)
+    dialog = dialogs[0]
+    assert dialog.is_ended()
+    assert dialog.terminal_event().event == "complete"
+    with qtbot.waitSignal(window.sheets_loaded, timeout=TIMEOUT_MS):
+        dialog.accept()
+    profiles = {
+        window.sheet_model.record(r).profile_name
+        for r in range(window.sheet_model.rowCount())
+    }
+    assert profiles == {"Sensitive"}
+
+
+def test_cancelled_profile_dialog_starts_nothing(
+    session: AppSession, qtbot: QtBot, database: Database
+) -> None:
+    window = session.window
+    window.select_mode_button.setChecked(True)
+    window.select_all_visible()
+    opened: list[Any] = []
+    session.flow.profile_dialog_opened.connect(opened.append)
+
+    window.reprocess_button.click()
+    qtbot.waitUntil(lambda: bool(opened), timeout=TIMEOUT_MS)
+    opened[0].reject()
+
+    assert session.manager.active_task_ids() == []
+    with database.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM reprocess_tasks").fetchone() == (0,)
+
+
+def test_closing_window_mid_run_cancels_cleanly(
+    session: AppSession, qtbot: QtBot, database: Database
+) -> None:
+    window = session.window
+    window.select_mode_button.setChecked(True)
+    window.select_all_visible()
+    session.flow.profile_dialog_opened.connect(choose_profile(SENSITIVE))
+    started: list[str] = []
+    session.flow.task_started.connect(started.append)
+
+    window.reprocess_button.click()
+    qtbot.waitUntil(lambda: bool(started), timeout=TIMEOUT_MS)
+    window.close()
+    session.close()
+
+    with database.connect() as conn:
+        status = conn.execute("SELECT status FROM reprocess_tasks").fetchone()
+    assert status is not None
+    assert status[0] in ("SUCCESS", "FAILURE")
+    assert session.manager.active_task_ids() == []
