@@ -54,16 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     from omr_desktop import cli_reprocess
 
     cli_reprocess.add_reprocess_commands(commands)
-    _add_optional_commands(commands)
+    _add_engine_commands(commands)
     return parser
 
 
-def _add_optional_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    import importlib.util
-
-    # TODO(engine lands): drop this check once omr_desktop/cli_engine.py is in.
-    if importlib.util.find_spec("omr_desktop.cli_engine") is None:
-        return
+def _add_engine_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from omr_desktop import cli_engine
 
     accuracy = commands.add_parser(
