@@ -7,6 +7,8 @@ serve``), and the caller stops it with ``await runner.cleanup()``.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -20,6 +22,7 @@ from omr_desktop.server import routes
 from omr_desktop.server.access_log import PathOnlyAccessLogger
 from omr_desktop.server.auth import auth_middleware
 from omr_desktop.server.cors import add_cors_headers, cors_preflight_middleware
+from omr_desktop.server.db_calls import CONNECTIONS, ConnectionCache
 from omr_desktop.server.errors import error_middleware
 from omr_desktop.server.keys import DB_EXECUTOR, MANAGER, OPTIONS, ServerOptions
 from omr_desktop.server.sse import HUB, EventHub
@@ -30,19 +33,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
-# Comment lines keep idle streams open through proxies, which commonly
-# close connections after 30 to 60 s of silence.
+# Comment lines keep idle streams open through proxies that close silent
+# connections; 15 s is well below nginx's default read timeout of 60 s.
 HEARTBEAT_S = 15.0
 
 # How often a stream reads the database for a task another process runs.
 POLL_INTERVAL_S = 1.0
 
-# The reconnect delay a stream suggests; browsers default to about 3 s.
+# The reconnect delay, in milliseconds, that a stream suggests to browsers.
 RETRY_MS = 3000
 
-# Threads for the database work of requests. Each holds one connection
-# while it works; eight serve 50 streams opening at once in well under a
-# second (see docs/server.md) and stay far below max_connections.
+# Threads for the database work of requests, each with one cached
+# connection: well below the embedded server's max_connections of 50,
+# which the task manager and the GUI share.
 DB_THREADS = 8
 
 # Seconds that stopping waits for requests still in progress. Streams end at
@@ -53,7 +56,7 @@ _LOOPBACK_NAMES = frozenset({"localhost"})
 
 
 class ServerConfigError(ValueError):
-    """The server cannot start with these settings; the message says why."""
+    """The server cannot start with these settings; the message gives the reason."""
 
 
 def create_app(
@@ -92,8 +95,9 @@ def create_app(
         retry_ms=retry_ms,
     )
     app[HUB] = EventHub(manager)
-    # Threads start on first use, so an app that is never started holds none.
+    # Threads start on first use, so an app that is never started has none.
     app[DB_EXECUTOR] = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="http-db")
+    app[CONNECTIONS] = ConnectionCache(manager.database, DB_THREADS)
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(_end_streams)
     app.on_response_prepare.append(add_cors_headers)
@@ -106,7 +110,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[HUB].start()
     yield
     app[HUB].close()
-    app[DB_EXECUTOR].shutdown(wait=False, cancel_futures=True)
+    # Waits for calls in progress, which are short, so that no thread is
+    # left holding a connection when the cache closes.
+    await asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(app[DB_EXECUTOR].shutdown, cancel_futures=True)
+    )
+    app[CONNECTIONS].close()
 
 
 async def _end_streams(app: web.Application) -> None:

@@ -28,10 +28,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token = request.app[OPTIONS].token
     if token is None:
         return await handler(request)
-    given = _bearer_token(request)
-    if given is None and request.match_info.route.name in STREAM_ROUTE_NAMES:
-        given = request.query.get(TOKEN_QUERY_PARAMETER)
-    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+    presented = _bearer_token(request)
+    if presented is None and request.match_info.route.name in STREAM_ROUTE_NAMES:
+        presented = request.query.get(TOKEN_QUERY_PARAMETER)
+    if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
         raise ApiError(
             401,
             "Missing or wrong token: send the header 'Authorization: Bearer "

@@ -27,7 +27,7 @@ PREFLIGHT_MAX_AGE_S = 600
 async def cors_preflight_middleware(
     request: web.Request, handler: Handler
 ) -> web.StreamResponse:
-    """Answer CORS preflight requests before routing and authentication."""
+    """Respond to CORS preflight requests before routing and authentication."""
     origins = request.app[OPTIONS].cors_origins
     origin = request.headers.get("Origin")
     is_preflight = (
@@ -38,8 +38,8 @@ async def cors_preflight_middleware(
     if not origins or not is_preflight:
         return await handler(request)
     if origin not in origins:
-        # This middleware runs outside the error middleware, so it answers
-        # with the JSON error itself.
+        # This middleware runs outside the error middleware, so it builds
+        # the JSON error itself.
         return json_error(403, f"Origin {origin} is not allowed.")
     return web.Response(
         status=204,
@@ -65,6 +65,6 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
         return
     if origin in origins:
         response.headers["Access-Control-Allow-Origin"] = origin
-    # The answer depends on the Origin header, so caches must key on it.
+    # The response depends on the Origin header, so caches must key on it.
     vary = response.headers.get("Vary")
     response.headers["Vary"] = f"{vary}, Origin" if vary else "Origin"

@@ -2,18 +2,23 @@
 
 Under the GUI the event loop's thread also paints the window, so nothing
 here runs on it: handlers ``await run_blocking(...)``, which hands the call
-to the pool the application created at start-up.
+to the pool the application created. The calls share a few open
+connections (``ConnectionCache``) rather than connect per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import psycopg
 from aiohttp import web
+from psycopg.pq import TransactionStatus
 
 from omr_desktop.db import task_store
 from omr_desktop.db.database import Database
@@ -22,6 +27,53 @@ from omr_desktop.db.task_store import StoredEvent, TaskRow
 from omr_desktop.server.keys import DB_EXECUTOR
 
 T = TypeVar("T")
+
+
+class ConnectionCache:
+    """Autocommit connections kept open between requests; thread-safe.
+
+    At most ``size`` idle connections are kept, one per thread of the pool
+    that uses them, so the server keeps no more connections open than it
+    has threads. A connection in use when an exception is raised is closed
+    rather than kept, in case the error broke it.
+    """
+
+    def __init__(self, database: Database, size: int) -> None:
+        self.database = database
+        self._size = size
+        self._idle: list[psycopg.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """Lend an open connection; it goes back to the cache afterwards."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None or conn.closed:
+            conn = self.database.connect(autocommit=True)
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        self._give_back(conn)
+
+    def _give_back(self, conn: psycopg.Connection) -> None:
+        idle = conn.info.transaction_status == TransactionStatus.IDLE
+        with self._lock:
+            if idle and not self._closed and len(self._idle) < self._size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections; lent ones are closed when given back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 async def run_blocking(app: web.Application, func: Callable[..., T], *args: Any) -> T:
@@ -46,9 +98,11 @@ class TaskSnapshot:
     last_event: StoredEvent | None
 
 
-def read_task(database: Database, task_id: str, after_id: int) -> TaskSnapshot:
+def read_task(
+    connections: ConnectionCache, task_id: str, after_id: int
+) -> TaskSnapshot:
     """Read a task's row and its events after ``after_id``."""
-    with database.connect(autocommit=True) as conn:
+    with connections.connection() as conn:
         task = task_store.get_task(conn, task_id)
         if task is None:
             return TaskSnapshot(None, [], None)
@@ -60,15 +114,15 @@ def read_task(database: Database, task_id: str, after_id: int) -> TaskSnapshot:
         return TaskSnapshot(task, [], tail[-1] if tail else None)
 
 
-def read_task_row(database: Database, task_id: str) -> TaskRow | None:
+def read_task_row(connections: ConnectionCache, task_id: str) -> TaskRow | None:
     """Read one task's row."""
-    with database.connect(autocommit=True) as conn:
+    with connections.connection() as conn:
         return task_store.get_task(conn, task_id)
 
 
-def read_profiles(database: Database) -> list[dict[str, Any]]:
+def read_profiles(connections: ConnectionCache) -> list[dict[str, Any]]:
     """List the profiles for a picker: id, name, description, builtin."""
-    with database.connect(autocommit=True) as conn:
+    with connections.connection() as conn:
         return [
             {
                 "id": p.id,
@@ -80,7 +134,10 @@ def read_profiles(database: Database) -> list[dict[str, Any]]:
         ]
 
 
-def check_database(database: Database) -> None:
-    """Run a trivial query; raises what connecting or querying raises."""
-    with database.connect(autocommit=True) as conn:
+def check_database(connections: ConnectionCache) -> None:
+    """Run a trivial query; raise what connecting or querying raises."""
+    with connections.connection() as conn:
         conn.execute("SELECT 1").fetchone()
+
+
+CONNECTIONS = web.AppKey("connections", ConnectionCache)

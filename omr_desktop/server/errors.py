@@ -2,9 +2,8 @@
 
 The middleware turns the handlers' ``ApiError`` and aiohttp's own HTTP
 errors (unknown route, wrong method, body too large) into JSON with the same
-status. Any other exception is logged with its traceback and answered with a
-500 whose message says nothing about the code, so no traceback reaches the
-client.
+status. Any other exception is logged with its traceback, and the client
+gets a 500 with a generic message, so no traceback reaches it.
 """
 
 from __future__ import annotations
@@ -72,10 +71,17 @@ _HTTP_MESSAGES = {
 async def error_middleware(
     request: web.Request, handler: Handler
 ) -> web.StreamResponse:
-    """Answer every error with a JSON body; log the unexpected ones."""
+    """Turn every error into a JSON response; log each with its status."""
     try:
         return await handler(request)
     except ApiError as exc:
+        logger.info(
+            "Request %s %s rejected with %d: %s",
+            request.method,
+            request.path,
+            exc.status,
+            exc.message,
+        )
         return json_error(exc.status, exc.message, extra=exc.extra, headers=exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -2,7 +2,7 @@
 
 Routes (each also under the ``/api`` prefix):
 
-- ``POST /sheets/reprocess``: queue a reprocess, answer its task id.
+- ``POST /sheets/reprocess``: queue a reprocess and return its task id.
 - ``GET /sheets/reprocess/{task_id}/stream``: the progress stream (``sse``).
 - ``GET /sheets/reprocess/{task_id}/status``: the task's status and result.
 - ``GET /profiles``: the profiles, for a picker.
@@ -69,11 +69,13 @@ async def trigger_reprocess(request: web.Request) -> web.Response:
 
 
 async def task_status(request: web.Request) -> web.Response:
-    """Answer a task's status and result, also for tasks of earlier runs."""
+    """Return a task's status and result, also for tasks of earlier runs."""
     task_id = parse_task_id(request.match_info["task_id"])
-    database = request.app[MANAGER].database
     task = await db_calls.run_blocking(
-        request.app, db_calls.read_task_row, database, task_id
+        request.app,
+        db_calls.read_task_row,
+        request.app[db_calls.CONNECTIONS],
+        task_id,
     )
     if task is None:
         raise ApiError(404, f"No task {task_id}.")
@@ -87,17 +89,18 @@ async def task_status(request: web.Request) -> web.Response:
 
 async def profiles(request: web.Request) -> web.Response:
     """List the profiles: id, name, description and whether it is built in."""
-    database = request.app[MANAGER].database
-    rows = await db_calls.run_blocking(request.app, db_calls.read_profiles, database)
+    rows = await db_calls.run_blocking(
+        request.app, db_calls.read_profiles, request.app[db_calls.CONNECTIONS]
+    )
     return web.json_response({"profiles": rows})
 
 
 async def health(request: web.Request) -> web.Response:
-    """Answer 200 when the database responds, 503 when it does not."""
+    """Respond 200 when the database responds, 503 when it does not."""
     manager = request.app[MANAGER]
     try:
         await db_calls.run_blocking(
-            request.app, db_calls.check_database, manager.database
+            request.app, db_calls.check_database, request.app[db_calls.CONNECTIONS]
         )
     except Exception:  # noqa: BLE001 - any failure means "unreachable"
         return json_error(

@@ -10,9 +10,10 @@ the connection itself fails.
 How one connection is served:
 
 1. Subscribe to the task's live events, then read the stored events after
-   ``Last-Event-ID`` (all of them without the header). Subscribing first
-   means no event falls between the two; live events whose id is not above
-   the last one sent are dropped, so none is sent twice.
+   ``Last-Event-ID`` (all of them without the header). Because the
+   subscription comes first, no event falls between the two. Live events
+   whose id is not above the last one sent are dropped, so none is sent
+   twice.
 2. Send the stored events, then follow the task:
 
    - a task this process runs: live events from the task manager, handed
@@ -39,6 +40,7 @@ import logging
 import re
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -57,13 +59,23 @@ logger = logging.getLogger(__name__)
 
 TERMINAL_EVENTS = frozenset({ev.COMPLETE, ev.ERROR})
 
-# What a subscriber's queue carries: a live event, or None when the server
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """A live event with its frame, encoded once for all its subscribers."""
+
+    event_id: int
+    event: str
+    frame: bytes
+
+
+# Item of a subscriber's queue: a live event, or None when the server
 # stops and every stream should end.
-_QueueItem = ProgressEvent | None
+_QueueItem = LiveEvent | None
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
-# Polls of a task run by another process after its row says it ended,
+# Polls of a task run by another process after its row is marked ended,
 # before a missing terminal event is built from the row.
 POLLS_AFTER_END = 3
 
@@ -71,9 +83,9 @@ POLLS_AFTER_END = 3
 class EventHub:
     """Hand the task manager's events to the streams that follow each task.
 
-    ``start`` and everything but ``_on_event`` run on the event loop's
-    thread; the task manager calls ``_on_event`` on its runner thread, and
-    that method touches no queue itself.
+    Every method but ``_on_event`` runs on the event loop's thread. The
+    task manager calls ``_on_event`` on its runner thread, so that method
+    touches no queue and only schedules ``_dispatch`` on the loop.
     """
 
     def __init__(self, manager: TaskManager) -> None:
@@ -104,7 +116,7 @@ class EventHub:
         """Return a new queue that receives ``task_id``'s live events."""
         # Unbounded: a task sends at most ten events a second while sheets
         # are processed and a few dozen otherwise (about 700 for 7,109
-        # sheets), so even a stalled client holds little.
+        # sheets), so even a stalled client's queue stays small.
         queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
         if self.closed:
             queue.put_nowait(None)
@@ -131,8 +143,13 @@ class EventHub:
             loop.call_soon_threadsafe(self._dispatch, event)
 
     def _dispatch(self, event: ProgressEvent) -> None:
-        for queue in self._queues.get(event.task_id, ()):
-            queue.put_nowait(event)
+        queues = self._queues.get(event.task_id)
+        if not queues:
+            return
+        frame = format_event(event.event_id, event.event, event_json(event.to_dict()))
+        live = LiveEvent(event.event_id, event.event, frame)
+        for queue in queues:
+            queue.put_nowait(live)
 
 
 HUB = web.AppKey("hub", EventHub)
@@ -165,9 +182,15 @@ class _Stream:
 
     async def send(self, event_id: int, event: str, data: dict[str, Any]) -> None:
         """Send an event unless the client has it already."""
+        if event_id > self.last_sent:
+            frame = format_event(event_id, event, event_json(data))
+            await self.send_frame(event_id, event, frame)
+
+    async def send_frame(self, event_id: int, event: str, frame: bytes) -> None:
+        """Send an encoded event unless the client has it already."""
         if event_id <= self.last_sent:
             return
-        await self._write(format_event(event_id, event, event_json(data)))
+        await self._write(frame)
         self.last_sent = event_id
         self.ended = event in TERMINAL_EVENTS
 
@@ -207,7 +230,7 @@ async def stream_task(request: web.Request) -> web.StreamResponse:
         # handed to this queue.
         live = manager.is_active(task_id)
         snapshot = await db_calls.run_blocking(
-            app, db_calls.read_task, manager.database, task_id, last_event_id
+            app, db_calls.read_task, app[db_calls.CONNECTIONS], task_id, last_event_id
         )
         if snapshot.task is None:
             raise ApiError(404, f"No task {task_id}.")
@@ -262,7 +285,7 @@ async def _follow_live(
             continue
         if item is None:
             return
-        await stream.send(item.event_id, item.event, item.to_dict())
+        await stream.send_frame(item.event_id, item.event, item.frame)
 
 
 async def _follow_by_polling(
@@ -270,7 +293,7 @@ async def _follow_by_polling(
 ) -> None:
     options = request.app[OPTIONS]
     hub = request.app[HUB]
-    database = request.app[MANAGER].database
+    connections = request.app[db_calls.CONNECTIONS]
     # The other process marks the task ended before it stores the terminal
     # event, so a few more polls wait for the event before one is built
     # from the row.
@@ -279,7 +302,7 @@ async def _follow_by_polling(
         await asyncio.sleep(options.poll_interval_s)
         await stream.heartbeat_if_idle(options.heartbeat_s)
         snapshot = await db_calls.run_blocking(
-            request.app, db_calls.read_task, database, task_id, stream.last_sent
+            request.app, db_calls.read_task, connections, task_id, stream.last_sent
         )
         await stream.send_stored(snapshot.events)
         task = snapshot.task
@@ -299,9 +322,12 @@ async def _finish_from_database(
     Called once the task has left the manager: its row is final and its
     terminal event, if any, is stored.
     """
-    database = request.app[MANAGER].database
     snapshot = await db_calls.run_blocking(
-        request.app, db_calls.read_task, database, task_id, stream.last_sent
+        request.app,
+        db_calls.read_task,
+        request.app[db_calls.CONNECTIONS],
+        task_id,
+        stream.last_sent,
     )
     await stream.send_stored(snapshot.events)
     if stream.ended or snapshot.task is None:

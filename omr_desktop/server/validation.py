@@ -9,7 +9,7 @@ Rules for ``POST /sheets/reprocess``:
   PostgreSQL's ``bigint``. Strings, floats (even ``12.0``), booleans, null
   and negative numbers are rejected with 400, naming the first bad element.
 - An array longer than ``MAX_SHEETS_PER_TASK`` elements is rejected with 413
-  before its elements are checked, whether or not it holds duplicates.
+  before its elements are checked, whether or not it contains duplicates.
 - Duplicate ids are dropped, keeping the first occurrence's order: the
   selection is a set of sheets, and the GUI and the command line treat it
   the same way.
@@ -58,11 +58,8 @@ async def read_json_body(request: web.Request) -> Any:
     """
     if request.content_type != "application/json":
         # aiohttp reports a missing header as application/octet-stream.
-        shown = request.content_type if "Content-Type" in request.headers else "none"
-        raise ApiError(
-            415,
-            f"Content-Type must be application/json, not {shown}.",
-        )
+        received = request.content_type if "Content-Type" in request.headers else "none"
+        raise ApiError(415, f"Content-Type must be application/json, not {received}.")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         _raise_too_large()
     try:

@@ -211,7 +211,7 @@ async def test_task_started_in_manager_is_followed_over_http(
 # -- Reconnecting and late subscribers ---------------------------------------
 
 
-async def test_reconnect_with_last_event_id_resumes_after_it(
+async def test_reconnect_resumes_after_last_event_id(
     make_app: AppFactory, sheet_ids: list[int]
 ) -> None:
     async with serving(make_app()) as client:
@@ -358,7 +358,7 @@ async def test_task_of_other_process_is_polled_with_heartbeats(
     assert read.comments.count("heartbeat") >= 3
 
 
-def test_data_with_line_breaks_is_framed_as_several_data_lines() -> None:
+def test_multiline_data_framed_per_line() -> None:
     frame = format_event(7, "progress", "first\nsecond\r\nthird\rfourth")
 
     assert frame == (
@@ -693,7 +693,7 @@ async def test_unknown_route_and_wrong_method_get_json_errors(
 async def test_unexpected_exception_is_500_without_traceback(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(database: Database) -> None:
+    def broken(connections: Any) -> None:
         raise KeyError("secret internals")
 
     monkeypatch.setattr(db_calls, "read_profiles", broken)
@@ -742,7 +742,7 @@ async def test_health_reports_database_ok(make_app: AppFactory, prefix: str) -> 
 async def test_health_is_503_without_database(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def unreachable(database: Database) -> None:
+    def unreachable(connections: Any) -> None:
         raise psycopg.OperationalError("connection refused")
 
     monkeypatch.setattr(db_calls, "check_database", unreachable)
