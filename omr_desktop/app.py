@@ -11,13 +11,14 @@ import sys
 
 # PySide6 is imported before anything that might import qasync: qasync binds
 # to the first Qt binding it finds.
-from PySide6.QtCore import QCoreApplication, QThreadPool
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import QCoreApplication, Qt, QThreadPool
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 from omr_desktop import __version__
 from omr_desktop.db.database import Database
 from omr_desktop.gui.icons import icon, register_icon_search_path
 from omr_desktop.gui.reprocess_flow import ReprocessFlow
+from omr_desktop.gui.widgets.tasks_panel import TasksPanel
 from omr_desktop.gui.windows.main_window import MainWindow
 from omr_desktop.gui.workers.db_task import DbTask
 from omr_desktop.gui.workers.qt_executor import QThreadPoolExecutor
@@ -62,6 +63,58 @@ class AppSession:
         self.manager = TaskManager(database, self.executor, threads)
         self.flow = ReprocessFlow(database, self.manager, window, parent=window)
         window.reprocess_requested.connect(self._on_window_reprocess_requested)
+        self.tasks_panel = TasksPanel(window)
+        window.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.tasks_panel)
+        self.tasks_panel.hide()
+        self.flow.event_received.connect(self.tasks_panel.add_event)
+        self.tasks_panel.set_database(database)
+        self._init_menus()
+        self._jobs: set[DbTask] = set()
+
+    def _init_menus(self) -> None:
+        menu_bar = self.window.menuBar()
+        reprocess = menu_bar.addMenu("&Reprocess")
+        undo = reprocess.addAction("&Undo last reprocess")
+        undo.setShortcut("Ctrl+Shift+Z")
+        undo.triggered.connect(self.undo_last_reprocess)
+        view = menu_bar.addMenu("&View")
+        tasks = self.tasks_panel.toggleViewAction()
+        tasks.setShortcut("Ctrl+T")
+        view.addAction(tasks)
+
+    def undo_last_reprocess(self) -> None:
+        """Undo the newest reprocess that succeeded and is not undone yet."""
+        database = self.database
+
+        def undo() -> str:
+            from omr_desktop.db.history_store import undo_task
+
+            with database.connect() as conn:
+                row = conn.execute(
+                    "SELECT task_id::text FROM reprocess_tasks WHERE status ="
+                    " 'SUCCESS' AND undone_at IS NULL AND NOT history_pruned"
+                    " ORDER BY finished_at DESC LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    return "There is no reprocess to undo."
+                result = undo_task(conn, row[0])
+            return (
+                f"Undid task {result.task_id[:8]}: {result.sheets_restored} "
+                "sheets restored."
+            )
+
+        job = DbTask(undo)
+        job.setAutoDelete(False)
+        self._jobs.add(job)
+        job.signals.finished.connect(self._on_undo_finished)
+        job.signals.failed.connect(
+            lambda message: QMessageBox.warning(self.window, "Undo", message)
+        )
+        QThreadPool.globalInstance().start(job)
+
+    def _on_undo_finished(self, message: str) -> None:
+        self.window.statusBar().showMessage(message, 10_000)
+        self.window.refresh_sheets()
 
     def _on_window_reprocess_requested(self, sheet_ids: list[int]) -> None:
         self.flow.start(

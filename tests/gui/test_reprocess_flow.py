@@ -130,3 +130,38 @@ def test_closing_window_mid_run_cancels_cleanly(
     assert status is not None
     assert status[0] in ("SUCCESS", "FAILURE")
     assert session.manager.active_task_ids() == []
+
+
+def test_tasks_panel_shows_task_and_its_log(session: AppSession, qtbot: QtBot) -> None:
+    window = session.window
+    window.select_mode_button.setChecked(True)
+    window.select_all_visible()
+    session.flow.profile_dialog_opened.connect(choose_profile(SENSITIVE))
+    with qtbot.waitSignal(session.flow.task_ended, timeout=TIMEOUT_MS) as ended:
+        window.reprocess_button.click()
+    task_id = ended.args[0]
+    panel = session.tasks_panel
+
+    assert panel.model.task_id(0) == task_id
+    assert panel.model.data(panel.model.index(0, 1)) == "SUCCESS"
+    with qtbot.waitSignal(panel.log_shown, timeout=TIMEOUT_MS):
+        panel.table.selectRow(0)
+    assert panel.log_model.rowCount() == len(session.flow.events_of(task_id))
+
+
+def test_undo_last_reprocess_restores_answers(
+    session: AppSession, qtbot: QtBot, database: Database
+) -> None:
+    window = session.window
+    before = light_marks_read(database)
+    window.select_mode_button.setChecked(True)
+    window.select_all_visible()
+    session.flow.profile_dialog_opened.connect(choose_profile(SENSITIVE))
+    with qtbot.waitSignal(session.flow.task_ended, timeout=TIMEOUT_MS):
+        window.reprocess_button.click()
+    assert light_marks_read(database) > before
+
+    with qtbot.waitSignal(window.sheets_loaded, timeout=TIMEOUT_MS):
+        session.undo_last_reprocess()
+
+    assert light_marks_read(database) == before

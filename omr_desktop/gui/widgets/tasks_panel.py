@@ -1,0 +1,264 @@
+"""The non-modal Tasks panel: running and recent reprocess tasks with their logs.
+
+Every task of the application's queue appears here, including tasks started
+over HTTP; recent tasks of earlier sessions are read from the database, with
+their stored event logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QItemSelection,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    Qt,
+    Signal,
+    Slot,
+)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDockWidget,
+    QHeaderView,
+    QSplitter,
+    QTableView,
+    QWidget,
+)
+
+from omr_desktop.db import task_store
+from omr_desktop.db.database import Database
+from omr_desktop.gui.models.activity_log_model import ActivityLogModel
+from omr_desktop.gui.widgets.activity_log import ActivityLogView
+from omr_desktop.gui.workers.db_task import DbTask
+from omr_desktop.pipeline.events import ProgressEvent
+
+AnyIndex = QModelIndex | QPersistentModelIndex
+
+# How many finished tasks of earlier sessions the panel lists.
+RECENT_TASKS = 30
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """One row of the tasks table."""
+
+    task_id: str
+    status: str
+    profile_id: int
+    sheets: int
+    created: str
+    message: str
+
+
+class TasksModel(QAbstractTableModel):
+    """Tasks, newest first; live events update their status and message."""
+
+    HEADERS = ("Task", "Status", "Profile", "Sheets", "Created", "Last message")
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._rows: list[TaskSummary] = []
+
+    def set_tasks(self, tasks: list[TaskSummary]) -> None:
+        self.beginResetModel()
+        known = {t.task_id for t in tasks}
+        live = [t for t in self._rows if t.task_id not in known]
+        self._rows = live + tasks
+        self.endResetModel()
+
+    def apply_event(self, event: ProgressEvent) -> None:
+        for row, task in enumerate(self._rows):
+            if task.task_id == event.task_id:
+                self._rows[row] = replace(
+                    task, status=event.status, message=event.message
+                )
+                self.dataChanged.emit(
+                    self.index(row, 0), self.index(row, len(self.HEADERS) - 1)
+                )
+                return
+        self.beginInsertRows(QModelIndex(), 0, 0)
+        self._rows.insert(
+            0,
+            TaskSummary(
+                event.task_id,
+                event.status,
+                0,
+                event.total,
+                event.timestamp[:19],
+                event.message,
+            ),
+        )
+        self.endInsertRows()
+
+    def task_id(self, row: int) -> str:
+        return self._rows[row].task_id
+
+    def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008, N802
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008, N802
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or role != Qt.ItemDataRole.DisplayRole:
+            return None
+        task = self._rows[index.row()]
+        values = (
+            task.task_id[:8],
+            task.status,
+            str(task.profile_id) if task.profile_id else "",
+            f"{task.sheets:,}",
+            task.created.replace("T", " "),
+            task.message,
+        )
+        return values[index.column()]
+
+    def headerData(
+        self,
+        section: int,
+        orientation: Qt.Orientation,  # noqa: N802
+        role: int = Qt.ItemDataRole.DisplayRole,
+    ) -> Any:
+        if (
+            role == Qt.ItemDataRole.DisplayRole
+            and orientation == Qt.Orientation.Horizontal
+        ):
+            return self.HEADERS[section]
+        return None
+
+
+class TasksPanel(QDockWidget):
+    """A dock listing tasks above the activity log of the selected one.
+
+    Signals:
+        tasks_loaded(int): the recent tasks were read from the database.
+        log_shown(str): the log of this task id is shown.
+    """
+
+    tasks_loaded = Signal(int)
+    log_shown = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Tasks", parent)
+        self.setObjectName("tasksPanel")
+        self.model = TasksModel(self)
+        self.table = QTableView(self)
+        self.log_model = ActivityLogModel(self)
+        self.log_view = ActivityLogView(self.log_model, self)
+        self._database: Database | None = None
+        self._shown_task: str | None = None
+        self._events: dict[str, list[ProgressEvent]] = {}
+        self._jobs: set[DbTask] = set()
+        self._init_table()
+        splitter = QSplitter(Qt.Orientation.Vertical, self)
+        splitter.addWidget(self.table)
+        splitter.addWidget(self.log_view)
+        self.setWidget(splitter)
+
+    def _init_table(self) -> None:
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().hide()
+        self.table.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents
+        )
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setAccessibleName("Tasks")
+        self.table.selectionModel().selectionChanged.connect(
+            self._on_table_selection_changed
+        )
+
+    def set_database(self, database: Database) -> None:
+        """Read the recent tasks (off the GUI thread)."""
+        self._database = database
+
+        def load() -> list[TaskSummary]:
+            with database.connect() as conn:
+                rows = task_store.recent_tasks(conn, RECENT_TASKS)
+            return [
+                TaskSummary(
+                    r.task_id,
+                    r.status,
+                    r.profile_id,
+                    len(r.sheet_ids),
+                    r.created_at.isoformat(timespec="seconds")[:19],
+                    r.error or _result_message(r.result),
+                )
+                for r in rows
+            ]
+
+        self._run(load, self._on_tasks_loaded)
+
+    @Slot(object)
+    def _on_tasks_loaded(self, tasks: list[TaskSummary]) -> None:
+        self.model.set_tasks(tasks)
+        self.tasks_loaded.emit(len(tasks))
+
+    @Slot(object)
+    def add_event(self, event: ProgressEvent) -> None:
+        """Show a live event of any task (delivered on the GUI thread)."""
+        self._events.setdefault(event.task_id, []).append(event)
+        self.model.apply_event(event)
+        if event.task_id == self._shown_task:
+            self.log_model.append_event(event)
+
+    @Slot(QItemSelection, QItemSelection)
+    def _on_table_selection_changed(
+        self, selected: QItemSelection, deselected: QItemSelection
+    ) -> None:
+        rows = self.table.selectionModel().selectedRows()
+        if rows:
+            self.show_log(self.model.task_id(rows[0].row()))
+
+    def show_log(self, task_id: str) -> None:
+        """Show the task's log: the live events, or the stored ones."""
+        self._shown_task = task_id
+        self.log_model.clear()
+        live = self._events.get(task_id)
+        if live:
+            for event in live:
+                self.log_model.append_event(event)
+            self.log_shown.emit(task_id)
+            return
+        database = self._database
+        if database is None:
+            return
+
+        def load() -> list[ProgressEvent]:
+            with database.connect() as conn:
+                stored = task_store.events_after(conn, task_id)
+            return [ProgressEvent(**s.data) for s in stored]
+
+        self._run(load, lambda events: self._on_stored_log(task_id, events))
+
+    def _on_stored_log(self, task_id: str, events: list[ProgressEvent]) -> None:
+        if task_id != self._shown_task:
+            return
+        for event in events:
+            self.log_model.append_event(event)
+        self.log_shown.emit(task_id)
+
+    def _run(self, function: Any, on_done: Any) -> None:
+        from PySide6.QtCore import QThreadPool
+
+        job = DbTask(function)
+        job.setAutoDelete(False)
+        self._jobs.add(job)
+        job.signals.finished.connect(on_done)
+        job.signals.finished.connect(lambda _r: self._jobs.discard(job))
+        job.signals.failed.connect(lambda _m: self._jobs.discard(job))
+        QThreadPool.globalInstance().start(job)
+
+
+def _result_message(result: dict[str, Any]) -> str:
+    if not result:
+        return ""
+    return (
+        f"{result.get('sheets_processed', 0)} sheets, "
+        f"{result.get('answers_changed', 0)} answers changed"
+    )
