@@ -235,18 +235,38 @@ async def stream_task(request: web.Request) -> web.StreamResponse:
         if snapshot.task is None:
             raise ApiError(404, f"No task {task_id}.")
         stream = _Stream(await _open(request), last_event_id)
-        await stream.send_stored(snapshot.events)
-        if stream.ended:
-            return stream.response
-        if live:
-            await _follow_live(request, stream, queue, task_id)
-        elif snapshot.task.status in (task_store.SUCCESS, task_store.FAILURE):
-            await _finish_ended(stream, snapshot.task, snapshot.last_event)
-        else:
-            await _follow_by_polling(request, stream, task_id)
+        try:
+            await _serve_stream(request, stream, queue, snapshot, live)
+        except ConnectionResetError:
+            logger.debug("Stream of task %s closed by the client", task_id)
+        except Exception:
+            # The headers are sent, so no error response can follow. After
+            # the close, EventSource reconnects with Last-Event-ID unless
+            # its page closes it.
+            logger.exception("Stream of task %s failed; closing it", task_id)
         return stream.response
     finally:
         hub.unsubscribe(task_id, queue)
+
+
+async def _serve_stream(
+    request: web.Request,
+    stream: _Stream,
+    queue: asyncio.Queue[_QueueItem],
+    snapshot: db_calls.TaskSnapshot,
+    live: bool,
+) -> None:
+    task = snapshot.task
+    assert task is not None
+    await stream.send_stored(snapshot.events)
+    if stream.ended:
+        return
+    if live:
+        await _follow_live(request, stream, queue, task.task_id)
+    elif task.status in (task_store.SUCCESS, task_store.FAILURE):
+        await _finish_ended(stream, task, snapshot.last_event)
+    else:
+        await _follow_by_polling(request, stream, task.task_id)
 
 
 async def _open(request: web.Request) -> web.StreamResponse:

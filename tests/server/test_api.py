@@ -358,6 +358,41 @@ async def test_task_of_other_process_is_polled_with_heartbeats(
     assert read.comments.count("heartbeat") >= 3
 
 
+async def test_failing_stream_closes_and_server_stays_up(
+    make_app: AppFactory,
+    db_conninfo: str,
+    sheet_ids: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    task_id = str(uuid.uuid4())
+    with psycopg.connect(db_conninfo, autocommit=True) as conn:
+        task_store.create_task(conn, task_id, 2, sheet_ids, {})
+        conn.execute(
+            "UPDATE reprocess_tasks SET runner_host = 'other-host' WHERE task_id = %s",
+            (task_id,),
+        )
+    calls: list[int] = []
+    original = db_calls.read_task
+
+    def fails_on_second_read(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("poll failed")
+        return original(*args)
+
+    monkeypatch.setattr(db_calls, "read_task", fails_on_second_read)
+    async with serving(make_app()) as client:
+        response = await client.get(f"/sheets/reprocess/{task_id}/stream")
+        read = await asyncio.wait_for(read_stream(response), TIMEOUT_S)
+        health = await client.get("/health")
+
+    assert read.events == []
+    assert read.retry == [3000]
+    assert health.status == 200
+    assert any("failed; closing it" in r.getMessage() for r in caplog.records)
+
+
 def test_multiline_data_framed_per_line() -> None:
     frame = format_event(7, "progress", "first\nsecond\r\nthird\rfourth")
 
