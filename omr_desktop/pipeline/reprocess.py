@@ -201,6 +201,12 @@ def run_reprocess(
         # The workers encode COPY text as UTF-8; the server converts it to
         # the database's own encoding, and fails the task where it cannot.
         conn.execute("SET client_encoding TO 'UTF8'")
+        # The staging tables of a 7,109-sheet task hold about 1 M rows
+        # (around 150 MB). With the default 8 MB of temp_buffers they spill
+        # to temporary files; this must be set before the session's first
+        # temporary table.
+        conn.execute("SET temp_buffers TO '512MB'")
+        conn.execute("SET work_mem TO '64MB'")
         conn.commit()
         with conn.transaction():
             jobs, settings = _load_sheets(conn, run)
@@ -247,7 +253,9 @@ def _load_sheets(
     started = time.monotonic()
     run.emit(ev.LOADING_SHEETS, f"Loading {run.total} sheets", 0)
     settings = load_profile_settings(conn, run.request.profile_id)
-    rows = reprocess_store.lock_sheets(conn, list(run.request.sheet_ids))
+    rows = reprocess_store.lock_sheets(
+        conn, list(run.request.sheet_ids), with_fills=run.request.redecide
+    )
     missing = sorted(set(run.request.sheet_ids) - {r.id for r in rows})
     if missing:
         raise ReprocessError(f"Unknown sheet ids: {_ids(missing)}.")
