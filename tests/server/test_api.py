@@ -358,6 +358,25 @@ async def test_task_of_other_process_is_polled_with_heartbeats(
     assert read.comments.count("heartbeat") >= 3
 
 
+async def test_live_stream_sends_heartbeats_while_idle(
+    make_app: AppFactory,
+    detect_pool_gate: threading.Event,
+    sheet_ids: list[int],
+) -> None:
+    async with serving(make_app()) as client:
+        task_id = await post_reprocess(client, sheet_ids)
+        response = await client.get(f"/sheets/reprocess/{task_id}/stream")
+        reader = asyncio.ensure_future(read_stream(response))
+        # Detection is held, so the stream stays silent but for heartbeats.
+        await asyncio.sleep(1.0)
+        detect_pool_gate.set()
+        read = await asyncio.wait_for(reader, TIMEOUT_S)
+
+    assert read.comments.count("heartbeat") >= 3
+    assert read.events[-1].event == "complete"
+    assert [e.id for e in read.events] == list(range(1, len(read.events) + 1))
+
+
 async def test_failing_stream_closes_and_server_stays_up(
     make_app: AppFactory,
     db_conninfo: str,
