@@ -207,6 +207,9 @@ class _Stream:
             if self.ended:
                 return
 
+    async def send_retry_hint(self, retry_ms: int) -> None:
+        await self._write(f"retry: {retry_ms}\n\n".encode())
+
     async def heartbeat_if_idle(self, heartbeat_s: float) -> None:
         if time.monotonic() - self._last_write >= heartbeat_s:
             await self._write(b": heartbeat\n\n")
@@ -225,9 +228,10 @@ async def stream_task(request: web.Request) -> web.StreamResponse:
     manager = app[MANAGER]
     queue = hub.subscribe(task_id)
     try:
-        # Whether the task is live here is read before the history: a task
+        # Whether the task is live here is read before the history. A task
         # leaves the manager only after its terminal event was stored and
-        # handed to this queue.
+        # passed to the listeners, so a live task's terminal event reaches
+        # this queue, and an ended task's is in the history.
         live = manager.is_active(task_id)
         snapshot = await db_calls.run_blocking(
             app, db_calls.read_task, app[db_calls.CONNECTIONS], task_id, last_event_id
@@ -258,6 +262,7 @@ async def _serve_stream(
 ) -> None:
     task = snapshot.task
     assert task is not None
+    await stream.send_retry_hint(request.app[OPTIONS].retry_ms)
     await stream.send_stored(snapshot.events)
     if stream.ended:
         return
@@ -280,8 +285,6 @@ async def _open(request: web.Request) -> web.StreamResponse:
     response.content_type = "text/event-stream"
     response.charset = "utf-8"
     await response.prepare(request)
-    retry_ms = request.app[OPTIONS].retry_ms
-    await response.write(f"retry: {retry_ms}\n\n".encode())
     return response
 
 
@@ -314,6 +317,9 @@ async def _follow_by_polling(
     options = request.app[OPTIONS]
     hub = request.app[HUB]
     connections = request.app[db_calls.CONNECTIONS]
+    # NOTE: a task whose process died on another host stays STARTED in its
+    # row, since no process here can tell it died, so this loop then polls
+    # until the client disconnects.
     # The other process marks the task ended before it stores the terminal
     # event, so a few more polls wait for the event before one is built
     # from the row.
