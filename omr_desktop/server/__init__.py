@@ -10,6 +10,7 @@ from omr_desktop.server.app import (
     ServerConfigError,
     create_app,
     is_loopback,
+    parse_address,
     start_server,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "ServerConfigError",
     "create_app",
     "is_loopback",
+    "parse_address",
     "start_server",
 ]

@@ -151,6 +151,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def parse_address(text: str, default_host: str = DEFAULT_HOST) -> tuple[str, int]:
+    """Parse ``[HOST:]PORT``, the value of the GUI's ``--serve`` option.
+
+    Accepts ``8765``, ``0.0.0.0:8765`` and ``[::1]:8765``; without a host,
+    ``default_host`` is used.
+
+    Raises:
+        ServerConfigError: no valid port between 0 and 65535.
+    """
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep:
+        host = default_host
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ServerConfigError(
+            f"{text!r}: write an IPv6 host in brackets, such as [::1]:8765."
+        )
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ServerConfigError(
+            f"{text!r} is not [HOST:]PORT with a port from 0 to 65535, "
+            "such as 8765 or 127.0.0.1:8765."
+        )
+    return host or default_host, int(port_text)
+
+
 def check_bind_address(app: web.Application, host: str) -> None:
     """Raise ServerConfigError for a non-loopback ``host`` without a token."""
     if not is_loopback(host) and app[OPTIONS].token is None:

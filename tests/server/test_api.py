@@ -29,6 +29,7 @@ from omr_desktop.server.app import (
     check_bind_address,
     create_app,
     is_loopback,
+    parse_address,
     start_server,
 )
 from omr_desktop.server.sse import format_event
@@ -923,6 +924,27 @@ def test_non_loopback_address_needs_token(manager: TaskManager) -> None:
         check_bind_address(locked_app, host)
     for host in ["127.0.0.1", "::1", "localhost", "127.0.0.2"]:
         check_bind_address(open_app, host)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8765", ("127.0.0.1", 8765)),
+        ("0", ("127.0.0.1", 0)),
+        ("0.0.0.0:8080", ("0.0.0.0", 8080)),
+        ("localhost:9000", ("localhost", 9000)),
+        ("[::1]:8765", ("::1", 8765)),
+        (":8765", ("127.0.0.1", 8765)),
+    ],
+)
+def test_parse_address_accepts(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "http", "host:", "1:2:3", "70000", "h:-1"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(ServerConfigError):
+        parse_address(text)
 
 
 def test_loopback_names() -> None:
