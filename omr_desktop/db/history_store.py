@@ -166,11 +166,21 @@ def prune_history(conn: psycopg.Connection, keep: int) -> tuple[int, int]:
             (keep,),
         ).fetchall()
         task_ids = [r[0] for r in rows]
-        if not task_ids:
-            return 0, 0
-        answers = conn.execute(
-            "DELETE FROM answer_history WHERE task_id = ANY(%s)", (task_ids,)
+        # The answer history has no foreign keys (they made writing it
+        # slow), so rows of deleted sheets or tasks are removed here.
+        orphans = conn.execute(
+            "DELETE FROM answer_history h WHERE NOT EXISTS"
+            " (SELECT 1 FROM sheets s WHERE s.id = h.sheet_id) OR NOT EXISTS"
+            " (SELECT 1 FROM reprocess_tasks t WHERE t.task_id = h.task_id)"
         ).rowcount
+        if not task_ids:
+            return 0, orphans
+        answers = (
+            orphans
+            + conn.execute(
+                "DELETE FROM answer_history WHERE task_id = ANY(%s)", (task_ids,)
+            ).rowcount
+        )
         sheets = conn.execute(
             "DELETE FROM sheet_history WHERE task_id = ANY(%s)", (task_ids,)
         ).rowcount

@@ -1,0 +1,179 @@
+"""Time the database side of a reprocess alone: COPY, history, UPDATE, rescore.
+
+    python benchmarks/db_load.py [--sheets 7109] [--questions 150] [--dsn URL]
+
+Builds a batch of N sheets x Q answers (no images), then runs what a
+reprocess does after detection, from the first COPY byte to COMMIT, in one
+transaction, twice: with one answer in ten changed and with every answer
+changed. The COPY text is the staged rows of a real reprocess, produced by
+the server (COPY ... TO STDOUT) so that Python only moves bytes. Then the
+same rows are updated one statement per row with psycopg's pipelined
+executemany, on an identical table, and the ratio is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rescore import fill  # noqa: E402
+
+from omr_desktop.db import reprocess_store, task_store  # noqa: E402
+from omr_desktop.db.embedded import EmbeddedServer  # noqa: E402
+from omr_desktop.db.migrate import migrate  # noqa: E402
+
+# The staged rows: every answer, its raw and corrected answer replaced by
+# another letter where position % every == 0.
+_STAGED = """
+COPY (SELECT sheet_id, question, position,
+             CASE WHEN position % {every} = 0 THEN 'Z' ELSE answer_raw END,
+             CASE WHEN position % {every} = 0 THEN 'Z' ELSE answer_corrected END,
+             confidence_score, fills, reason, needs_review
+      FROM omr_answers ORDER BY sheet_id, position) TO STDOUT
+"""
+_STAGED_SHEETS = """
+COPY (SELECT id, 'bench', '{}', '{0.5}'::real[] FROM sheets ORDER BY id)
+TO STDOUT
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sheets", type=int, default=7109)
+    parser.add_argument("--questions", type=int, default=150)
+    parser.add_argument("--dsn", help="a role that may create databases")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="omr-bench-db-"))
+    base.chmod(0o755)
+    server = None
+    admin = args.dsn
+    try:
+        if admin is None:
+            server = EmbeddedServer(base / "pg")
+            server.start()
+            admin = server.conninfo("postgres")
+        name = f"omr_bench_{os.getpid()}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(admin)
+            params["dbname"] = name
+            run(psycopg.conninfo.make_conninfo("", **params), args)
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+                        sql.Identifier(name)
+                    )
+                )
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+def run(conninfo: str, args: argparse.Namespace) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        migrate(conn)
+        version = conn.execute("SHOW server_version").fetchone()
+        sheet_ids = fill(conn, args.sheets, args.questions)
+        conn.execute("VACUUM ANALYZE")
+    rows = args.sheets * args.questions
+    print(
+        f"PostgreSQL {version[0] if version else '?'}; {args.sheets:,} sheets x "
+        f"{args.questions} = {rows:,} answers"
+    )
+    for label, every in (
+        ("one answer in ten changes", 10),
+        ("every answer changes", 1),
+    ):
+        times = reprocess_once(conninfo, sheet_ids, every)
+        total = sum(times.values())
+        steps = ", ".join(f"{k} {v:.2f} s" for k, v in times.items())
+        print(f"  {label}: {total:.2f} s ({steps})")
+        last_total = total
+    baseline = executemany_baseline(conninfo)
+    print(
+        f"  executemany baseline, every answer: {baseline:.2f} s "
+        f"({rows / baseline:,.0f} rows/s); ratio {baseline / last_total:.1f}x"
+    )
+
+
+def reprocess_once(conninfo: str, sheet_ids: list[int], every: int) -> dict[str, float]:
+    with psycopg.connect(conninfo) as source:
+        answers = copy_out(source, _STAGED.format(every=every))
+        sheets = copy_out(source, _STAGED_SHEETS)
+    task_id = str(uuid.uuid4())
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        task_store.create_task(conn, task_id, 2, sheet_ids, {})
+    times: dict[str, float] = {}
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("SET temp_buffers TO '512MB'")
+        conn.execute("SET work_mem TO '64MB'")
+        conn.commit()
+        started = time.perf_counter()
+        reprocess_store.lock_sheets(conn, sheet_ids)
+        reprocess_store.create_staging(conn)
+        # One COPY of every row; the pipeline sends the same bytes in chunks
+        # of 64 sheets, a round trip each.
+        reprocess_store.copy_chunk(conn, answers, sheets)
+        times["lock + COPY"] = time.perf_counter() - started
+        step = time.perf_counter()
+        reprocess_store.apply_changes(conn, task_id, keep_manual=True)
+        times["history + UPDATE"] = time.perf_counter() - step
+        step = time.perf_counter()
+        conn.execute("CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", (sheet_ids,))
+        times["rescore"] = time.perf_counter() - step
+        step = time.perf_counter()
+        conn.commit()
+        times["commit"] = time.perf_counter() - step
+    return times
+
+
+def copy_out(conn: psycopg.Connection, query: str) -> bytes:
+    parts = []
+    with conn.cursor().copy(query) as copy:
+        for data in copy:
+            parts.append(bytes(data))
+    return b"".join(parts)
+
+
+def executemany_baseline(conninfo: str) -> float:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE answers_baseline (LIKE omr_answers INCLUDING ALL)"
+            " WITH (fillfactor = 70)"
+        )
+        conn.execute("INSERT INTO answers_baseline SELECT * FROM omr_answers")
+        conn.execute("VACUUM ANALYZE answers_baseline")
+        rows = conn.execute(
+            "SELECT 'X' || answer_raw, 'X' || answer_corrected, confidence_score,"
+            " fills, reason, needs_review, sheet_id, question FROM omr_answers"
+        ).fetchall()
+    with psycopg.connect(conninfo) as conn:
+        started = time.perf_counter()
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "UPDATE answers_baseline SET answer_raw = %s, answer_corrected = %s,"
+                " confidence_score = %s, fills = %s, reason = %s, needs_review = %s"
+                " WHERE sheet_id = %s AND question = %s",
+                rows,
+            )
+        conn.commit()
+        return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    sys.exit(main())
