@@ -50,18 +50,12 @@ from omr_desktop.pipeline.demo import seed_demo
 
 SENSITIVE = 2
 
-# TODO(serve in cli.py): run "omr_desktop.cli serve" instead; until the entry
-# point registers the command, this driver builds the same parser entry.
+# Runs the omr-desktop entry point with its log folder as the first argument.
 SERVE_DRIVER = """
-import argparse, sys
-from pathlib import Path
-from omr_desktop import cli_serve
-from omr_desktop.log_setup import configure_logging
-configure_logging("WARNING", Path(sys.argv[1]))
-parser = argparse.ArgumentParser(prog="omr-desktop")
-cli_serve.add_serve_command(parser.add_subparsers())
-args = parser.parse_args(sys.argv[2:])
-sys.exit(args.handler(args))
+import os, sys
+os.environ["OMR_LOG_DIR"] = sys.argv[1]
+from omr_desktop.cli import main
+sys.exit(main(["--log-level", "WARNING", *sys.argv[2:]]))
 """
 
 LISTENING = re.compile(r"Serving on http://127\.0\.0\.1:(\d+)")

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 # PySide6 is imported before anything that might import qasync: qasync binds
 # to the first Qt binding it finds.
@@ -143,13 +146,16 @@ def detection_threads() -> int:
 
 
 def open_database_in_background(
-    window: MainWindow, database: Database, sessions: list[AppSession]
+    window: MainWindow,
+    database: Database,
+    sessions: list[AppSession],
+    on_session: Callable[[AppSession], None] | None = None,
 ) -> DbTask:
     """Open (and, if embedded, start) the database off the GUI thread.
 
     The window shows the result: the batch list, or a message saying why the
     database is unavailable. On success an AppSession is appended to
-    ``sessions``.
+    ``sessions`` and passed to ``on_session``.
     """
 
     def open_it() -> Database:
@@ -157,8 +163,11 @@ def open_database_in_background(
         return database
 
     def opened(result: Database) -> None:
-        sessions.append(AppSession(window, result))
+        session = AppSession(window, result)
+        sessions.append(session)
         window.set_database(result)
+        if on_session is not None:
+            on_session(session)
 
     task = DbTask(open_it)
     task.setAutoDelete(False)
@@ -170,15 +179,28 @@ def open_database_in_background(
 
 def run_gui(args: argparse.Namespace) -> int:
     """Open the main window and run the event loop; return the exit status."""
+    serve = getattr(args, "serve", None)
+    address = None
+    if serve:
+        from omr_desktop.server.app import parse_address
+
+        try:
+            address = parse_address(serve)
+        except ValueError as exc:
+            print(f"error: --serve {serve!r}: {exc}", file=sys.stderr)
+            return 2
     app = create_application()
+    stop_on_signals(app)
     database = Database()
     window = MainWindow()
     window.show()
     sessions: list[AppSession] = []
-    task = open_database_in_background(window, database, sessions)
+    server = None if address is None else EmbeddedHttpServer(window, *address)
+    on_session = None if server is None else server.start_for
+    task = open_database_in_background(window, database, sessions, on_session)
     logger.info("OMR Desktop %s started", __version__)
     try:
-        status = app.exec()
+        status = app.exec() if server is None else server.run_loop(app)
     finally:
         for session in sessions:
             session.close()
@@ -187,3 +209,81 @@ def run_gui(args: argparse.Namespace) -> int:
         database.close()
     logger.info("OMR Desktop exited with status %d", status)
     return int(status)
+
+
+def stop_on_signals(app: QApplication) -> None:
+    """Quit cleanly on SIGINT and SIGTERM, as on closing the window.
+
+    Python runs signal handlers only between bytecodes, never inside Qt's
+    event loop, so a timer hands control back to Python a few times a second.
+    """
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_args: app.quit())
+    timer = QTimer(app)
+    timer.timeout.connect(lambda: None)
+    timer.start(250)
+
+
+class EmbeddedHttpServer:
+    """The HTTP interface inside the GUI, on the qasync loop that also runs Qt.
+
+    Tasks posted over HTTP go to the GUI's own TaskManager, so they show in
+    the Tasks panel, and tasks started in the GUI can be followed over HTTP.
+    """
+
+    def __init__(self, window: MainWindow, host: str, port: int) -> None:
+        self._window = window
+        self._host = host
+        self._port = port
+        self._runners: list[Any] = []
+        self.url: str | None = None
+
+    def start_for(self, session: AppSession) -> None:
+        import asyncio
+
+        asyncio.get_event_loop().create_task(self._serve(session))
+
+    async def _serve(self, session: AppSession) -> None:
+        from omr_desktop.cli_serve import CORS_VARIABLE, TOKEN_VARIABLE
+        from omr_desktop.server.app import create_app, start_server
+
+        token = os.environ.get(TOKEN_VARIABLE) or None
+        origins = [
+            o.strip() for o in os.environ.get(CORS_VARIABLE, "").split(",") if o.strip()
+        ]
+        web_app = create_app(session.manager, token=token, cors_origins=origins)
+        try:
+            runner, port = await start_server(web_app, self._host, self._port)
+        except (ValueError, OSError) as exc:
+            logger.error(
+                "HTTP server not started on %s:%d: %s", self._host, self._port, exc
+            )
+            QMessageBox.warning(
+                self._window, "HTTP server", f"The HTTP server did not start: {exc}"
+            )
+            return
+        self._runners.append(runner)
+        self.url = f"http://{self._host}:{port}"
+        logger.info("Server listening on %s:%d", self._host, port)
+        self._window.statusBar().showMessage(f"HTTP server on {self.url}", 15_000)
+
+    def run_loop(self, app: QApplication) -> int:
+        """Run Qt and asyncio on one qasync loop until the application quits."""
+        import asyncio
+
+        # PySide6 is imported above, so qasync binds to it.
+        import qasync
+
+        loop = qasync.QEventLoop(app)
+        asyncio.set_event_loop(loop)
+        quitting = asyncio.Event()
+        app.aboutToQuit.connect(quitting.set)
+        with loop:
+            loop.run_until_complete(quitting.wait())
+            for runner in self._runners:
+                loop.run_until_complete(runner.cleanup())
+        return 0

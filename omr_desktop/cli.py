@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LEVEL",
         help="DEBUG, INFO, WARNING or ERROR (default: OMR_LOG_LEVEL, else INFO)",
     )
+    parser.add_argument(
+        "--serve",
+        metavar="[HOST:]PORT",
+        help="with the GUI, also serve the HTTP interface on HOST:PORT "
+        "(127.0.0.1 unless HOST is given; other addresses need OMR_SERVER_TOKEN)",
+    )
     parser.set_defaults(handler=_run_gui)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -54,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from omr_desktop import cli_reprocess
 
     cli_reprocess.add_reprocess_commands(commands)
+    from omr_desktop import cli_serve
+
+    cli_serve.add_serve_command(commands)
     _add_engine_commands(commands)
     return parser
 

@@ -22,8 +22,9 @@ class CorrectionError(ValueError):
     """The change is invalid; nothing was written."""
 
 
-def correct_answer(conn: psycopg.Connection, sheet_id: int, question: str,
-                   answer: str, editor: str) -> None:
+def correct_answer(
+    conn: psycopg.Connection, sheet_id: int, question: str, answer: str, editor: str
+) -> None:
     """Set ``answer_corrected`` by hand, recording the editor and the time."""
     answer = answer.strip().upper()
     if not _ANSWER_PATTERN.match(answer):
@@ -40,8 +41,7 @@ def correct_answer(conn: psycopg.Connection, sheet_id: int, question: str,
         ).rowcount
         if updated != 1:
             raise CorrectionError(f"Sheet {sheet_id} has no question {question!r}.")
-        conn.execute("CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)",
-                     ([sheet_id],))
+        conn.execute("CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", ([sheet_id],))
 
 
 def swap_students(conn: psycopg.Connection, first: int, second: int) -> None:
@@ -57,8 +57,9 @@ def swap_students(conn: psycopg.Connection, first: int, second: int) -> None:
             " WHERE (s.id, o.id) IN ((%s, %s), (%s, %s))",
             (first, second, second, first),
         )
-        conn.execute("CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)",
-                     ([first, second],))
+        conn.execute(
+            "CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", ([first, second],)
+        )
 
 
 def _lock(conn: psycopg.Connection, sheet_ids: list[int]) -> list[tuple[int]]:

@@ -18,18 +18,12 @@ from tests.server.conftest import TIMEOUT_S, read_stream
 
 pytestmark = pytest.mark.db
 
-# TODO(serve in cli.py): run "omr_desktop.cli serve" instead; until the entry
-# point registers the command, this driver builds the same parser entry.
+# Runs the omr-desktop entry point with its log folder as the first argument.
 DRIVER = """
-import argparse, sys
-from omr_desktop import cli_serve
-from omr_desktop.log_setup import configure_logging
-from pathlib import Path
-configure_logging("INFO", Path(sys.argv[1]))
-parser = argparse.ArgumentParser(prog="omr-desktop")
-cli_serve.add_serve_command(parser.add_subparsers())
-args = parser.parse_args(sys.argv[2:])
-sys.exit(args.handler(args))
+import os, sys
+os.environ["OMR_LOG_DIR"] = sys.argv[1]
+from omr_desktop.cli import main
+sys.exit(main(["--log-level", "INFO", *sys.argv[2:]]))
 """
 
 LISTENING = re.compile(r"Serving on http://127\.0\.0\.1:(\d+)")
