@@ -31,7 +31,8 @@ WRITTEN_TABLES = {
     "sheets": "SELECT t::text FROM sheets t ORDER BY id",
     "omr_answers": "SELECT t::text FROM omr_answers t ORDER BY sheet_id, question",
     "sheet_flags": "SELECT t::text FROM sheet_flags t ORDER BY sheet_id, flag",
-    "answer_history": "SELECT t::text FROM answer_history t ORDER BY id",
+    "answer_history": "SELECT t::text FROM answer_history t"
+    " ORDER BY task_id, sheet_id, question",
     "sheet_history": "SELECT t::text FROM sheet_history t ORDER BY task_id, sheet_id",
 }
 
