@@ -10,6 +10,8 @@ pipeline waits on.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -48,6 +50,7 @@ class _DetectionRunnable(QRunnable):
         self._on_done = on_done
 
     def run(self) -> None:
+        _lower_thread_priority()
         try:
             if not self._future.set_running_or_notify_cancel():
                 return
@@ -62,6 +65,32 @@ class _DetectionRunnable(QRunnable):
                 self.signals.finished.emit(result)
         finally:
             self._on_done()
+
+
+# Niceness of the detection threads. With both cores busy detecting, the
+# GUI thread at the default niceness waited for the CPU: a 7,109-sheet
+# reprocess showed stalls of up to 89 ms in the GUI, against 50 ms allowed.
+DETECTION_NICENESS = 5
+
+_thread_state = threading.local()
+
+
+def _lower_thread_priority() -> None:
+    """Make this pool thread yield the CPU to the GUI thread (Linux, once).
+
+    Linux applies niceness per thread; QThread priorities have no effect
+    under its default scheduler. Elsewhere this does nothing.
+    """
+    if getattr(_thread_state, "niced", False):
+        return
+    _thread_state.niced = True
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(
+                os.PRIO_PROCESS, threading.get_native_id(), DETECTION_NICENESS
+            )
+        except OSError as exc:
+            logger.debug("Could not lower a detection thread's priority: %s", exc)
 
 
 class QThreadPoolExecutor(Executor):
