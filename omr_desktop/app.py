@@ -47,7 +47,7 @@ def create_application(argv: list[str] | None = None) -> QApplication:
 
 
 class AppSession:
-    """What the application runs once its database is open.
+    """The services the application runs once its database is open.
 
     Attributes:
         executor: detection threads (a QThreadPool; the size is the

@@ -13,12 +13,12 @@ logger = logging.getLogger(__name__)
 
 
 class UndoError(RuntimeError):
-    """The task cannot be undone; the message says why and what to do."""
+    """The task cannot be undone; the message gives the reason and the fix."""
 
 
 @dataclass(frozen=True)
 class UndoResult:
-    """What an undo restored."""
+    """Counts of what an undo restored."""
 
     task_id: str
     sheets_restored: int

@@ -30,7 +30,7 @@ _ANSWER_VALUES = (
 
 
 class SheetsBusyError(RuntimeError):
-    """Another transaction holds some of the sheets; the message names its task."""
+    """Another transaction has locked some of the sheets."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class SheetRow:
 
 @dataclass(frozen=True)
 class ChangeCounts:
-    """What Loading to Database changed.
+    """Row counts of the Loading to Database stage.
 
     Attributes:
         answers_updated: rows of omr_answers whose stored values differ now.

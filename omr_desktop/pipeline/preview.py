@@ -1,4 +1,4 @@
-"""What a profile would change on one sheet, computed without writing anything."""
+"""A profile's changes to one sheet, computed without writing anything."""
 
 from __future__ import annotations
 
