@@ -272,7 +272,7 @@ class MainWindow(QMainWindow):
             return
 
         def load() -> list[BatchSummary]:
-            with database.connect() as conn:
+            with database.reused() as conn:
                 return list_batches(conn)
 
         self._run(load, self._on_batches_loaded)
@@ -309,7 +309,7 @@ class MainWindow(QMainWindow):
             return
 
         def load() -> list[Any]:
-            with database.connect() as conn:
+            with database.reused() as conn:
                 return list_sheets(conn, batch.id)
 
         self._run(load, self._on_sheets_loaded)
@@ -380,7 +380,7 @@ class MainWindow(QMainWindow):
         def store() -> int:
             from omr_desktop.db.corrections import correct_answer
 
-            with database.connect() as conn:
+            with database.reused() as conn:
                 correct_answer(conn, sheet_id, question, answer, editor)
             return sheet_id
 
@@ -407,7 +407,7 @@ class MainWindow(QMainWindow):
         def swap() -> None:
             from omr_desktop.db.corrections import swap_students
 
-            with database.connect() as conn:
+            with database.reused() as conn:
                 swap_students(conn, first, second)
 
         self._run(swap, lambda _r: self._on_swapped())

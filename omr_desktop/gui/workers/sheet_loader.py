@@ -35,7 +35,7 @@ def load_sheet(database: Database, sheet_id: int) -> LoadedSheet | None:
     decoded by content, since some scans carry the wrong extension, and
     resized to the template's page as the engine reads it.
     """
-    with database.connect() as conn:
+    with database.reused() as conn:
         detail = load_sheet_detail(conn, sheet_id)
     if detail is None:
         return None
