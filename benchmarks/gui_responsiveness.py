@@ -129,11 +129,19 @@ def add_list_batch(conn: Any, count: int) -> None:
 
 
 def measure(database: Any, args: argparse.Namespace) -> None:
-    from PySide6.QtCore import QElapsedTimer, Qt, QTimer
+    from PySide6.QtCore import QElapsedTimer, QSettings, Qt, QTimer
 
     from omr_desktop.app import AppSession, create_application
     from omr_desktop.gui.windows.main_window import MainWindow
 
+    # Private settings: a last batch restored from an earlier run would
+    # load while the list timings run.
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(
+        QSettings.Format.IniFormat,
+        QSettings.Scope.UserScope,
+        tempfile.mkdtemp(prefix="omr-bench-settings-"),
+    )
     app = create_application()
     window = MainWindow()
     window.resize(1600, 950)
