@@ -23,7 +23,7 @@ from omr_desktop.gui.icons import icon, register_icon_search_path
 from omr_desktop.gui.reprocess_flow import ReprocessFlow
 from omr_desktop.gui.widgets.tasks_panel import TasksPanel
 from omr_desktop.gui.windows.main_window import MainWindow
-from omr_desktop.gui.workers.db_task import DbTask
+from omr_desktop.gui.workers.db_task import DbTask, DbTaskRunner
 from omr_desktop.gui.workers.qt_executor import QThreadPoolExecutor
 from omr_desktop.pipeline.task_manager import TaskManager
 
@@ -72,7 +72,7 @@ class AppSession:
         self.flow.event_received.connect(self.tasks_panel.add_event)
         self.tasks_panel.set_database(database)
         self._init_menus()
-        self._jobs: set[DbTask] = set()
+        self._db_tasks = DbTaskRunner()
 
     def _init_menus(self) -> None:
         menu_bar = self.window.menuBar()
@@ -106,14 +106,11 @@ class AppSession:
                 "sheets restored."
             )
 
-        job = DbTask(undo)
-        job.setAutoDelete(False)
-        self._jobs.add(job)
-        job.signals.finished.connect(self._on_undo_finished)
-        job.signals.failed.connect(
-            lambda message: QMessageBox.warning(self.window, "Undo", message)
+        self._db_tasks.run(
+            undo,
+            self._on_undo_finished,
+            lambda message: QMessageBox.warning(self.window, "Undo", message),
         )
-        QThreadPool.globalInstance().start(job)
 
     def _on_undo_finished(self, message: str) -> None:
         self.window.statusBar().showMessage(message, 10_000)

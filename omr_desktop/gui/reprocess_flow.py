@@ -18,7 +18,7 @@ from omr_desktop.db.database import Database
 from omr_desktop.db.profiles import ProfileInfo, list_profiles
 from omr_desktop.gui.dialogs.profile_dialog import PreviewResult, ProfileDialog
 from omr_desktop.gui.dialogs.progress_dialog import ProgressDialog, TaskEventBridge
-from omr_desktop.gui.workers.db_task import DbTask
+from omr_desktop.gui.workers.db_task import DbTaskRunner
 from omr_desktop.pipeline.events import ProgressEvent
 from omr_desktop.pipeline.preview import preview_sheet
 from omr_desktop.pipeline.reprocess import ReprocessRequest
@@ -55,7 +55,7 @@ class ReprocessFlow(QObject):
         self._database = database
         self._manager = manager
         self._window = window
-        self._tasks: set[DbTask] = set()
+        self._db_tasks = DbTaskRunner(on_failed=self._on_task_failed)
         self._events: dict[str, list[ProgressEvent]] = defaultdict(list)
         self._dialogs: dict[str, ProgressDialog] = {}
         self.bridge = TaskEventBridge(self)
@@ -84,7 +84,7 @@ class ReprocessFlow(QObject):
             with database.connect() as conn:
                 return list_profiles(conn)
 
-        self._run(
+        self._db_tasks.run(
             load,
             lambda profiles: self._choose_profile(
                 profiles, sheet_ids, open_sheet_id, current_profile_id
@@ -137,7 +137,7 @@ class ReprocessFlow(QObject):
             f"Re-processing {len(sheet_ids):,} sheets with "
             f"{names.get(profile_id, f'profile {profile_id}')}"
         )
-        self._run(
+        self._db_tasks.run(
             lambda: manager.submit(request),
             lambda task_id: self._follow(task_id, title),
         )
@@ -178,18 +178,6 @@ class ReprocessFlow(QObject):
             self.task_ended.emit(event.task_id)
 
     # -- Helpers ---------------------------------------------------------
-
-    def _run(self, function: Any, on_done: Any) -> None:
-        from PySide6.QtCore import QThreadPool
-
-        task = DbTask(function)
-        task.setAutoDelete(False)
-        self._tasks.add(task)
-        task.signals.finished.connect(on_done)
-        task.signals.failed.connect(self._on_task_failed)
-        task.signals.finished.connect(lambda _r: self._tasks.discard(task))
-        task.signals.failed.connect(lambda _m: self._tasks.discard(task))
-        QThreadPool.globalInstance().start(task)
 
     @Slot(str)
     def _on_task_failed(self, message: str) -> None:

@@ -33,7 +33,7 @@ from omr_desktop.db import task_store
 from omr_desktop.db.database import Database
 from omr_desktop.gui.models.activity_log_model import ActivityLogModel
 from omr_desktop.gui.widgets.activity_log import ActivityLogView
-from omr_desktop.gui.workers.db_task import DbTask
+from omr_desktop.gui.workers.db_task import DbTaskRunner
 from omr_desktop.pipeline.events import ProgressEvent
 
 AnyIndex = QModelIndex | QPersistentModelIndex
@@ -152,7 +152,7 @@ class TasksPanel(QDockWidget):
         self._database: Database | None = None
         self._shown_task: str | None = None
         self._events: dict[str, list[ProgressEvent]] = {}
-        self._jobs: set[DbTask] = set()
+        self._db_tasks = DbTaskRunner()
         self._init_table()
         splitter = QSplitter(Qt.Orientation.Vertical, self)
         splitter.addWidget(self.table)
@@ -192,7 +192,7 @@ class TasksPanel(QDockWidget):
                 for r in rows
             ]
 
-        self._run(load, self._on_tasks_loaded)
+        self._db_tasks.run(load, self._on_tasks_loaded)
 
     @Slot(object)
     def _on_tasks_loaded(self, tasks: list[TaskSummary]) -> None:
@@ -234,7 +234,7 @@ class TasksPanel(QDockWidget):
                 stored = task_store.events_after(conn, task_id)
             return [ProgressEvent(**s.data) for s in stored]
 
-        self._run(load, lambda events: self._on_stored_log(task_id, events))
+        self._db_tasks.run(load, lambda events: self._on_stored_log(task_id, events))
 
     def _on_stored_log(self, task_id: str, events: list[ProgressEvent]) -> None:
         if task_id != self._shown_task:
@@ -242,17 +242,6 @@ class TasksPanel(QDockWidget):
         for event in events:
             self.log_model.append_event(event)
         self.log_shown.emit(task_id)
-
-    def _run(self, function: Any, on_done: Any) -> None:
-        from PySide6.QtCore import QThreadPool
-
-        job = DbTask(function)
-        job.setAutoDelete(False)
-        self._jobs.add(job)
-        job.signals.finished.connect(on_done)
-        job.signals.finished.connect(lambda _r: self._jobs.discard(job))
-        job.signals.failed.connect(lambda _m: self._jobs.discard(job))
-        QThreadPool.globalInstance().start(job)
 
 
 def _result_message(result: dict[str, Any]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import (
@@ -38,7 +37,7 @@ from omr_desktop.gui.models.list_models import batch_table_model
 from omr_desktop.gui.models.record_table_model import RECORD_ROLE, SORT_ROLE
 from omr_desktop.gui.models.sheet_table_model import FlagFilterProxy, SheetTableModel
 from omr_desktop.gui.widgets.sheet_panel import SheetPanel
-from omr_desktop.gui.workers.db_task import DbTask
+from omr_desktop.gui.workers.db_task import DbTaskRunner
 from omr_desktop.gui.workers.sheet_loader import LoadedSheet, load_sheet
 
 logger = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self._pool = pool or QThreadPool.globalInstance()
         self._database: Database | None = None
-        self._tasks: set[DbTask] = set()
+        self._db_tasks = DbTaskRunner(self._pool, self._on_task_failed)
         self._open_sheet_id: int | None = None
         self.setWindowTitle("OMR Desktop")
         self.setWindowIcon(icon("omr-desktop.svg"))
@@ -150,7 +149,8 @@ class MainWindow(QMainWindow):
         # of a large batch took most of a second when it opened.
         self.sheets_view.horizontalHeader().setResizeContentsPrecision(200)
         self.sheets_view.verticalHeader().setSectionResizeMode(
-            QHeaderView.ResizeMode.Fixed)
+            QHeaderView.ResizeMode.Fixed
+        )
         self._set_sheet_column_widths()
         self.flag_filter.addItem("All sheets", "")
         for flag in FLAG_FILTERS:
@@ -188,11 +188,11 @@ class MainWindow(QMainWindow):
             ("Alt+Up", lambda: self._step_sheet(-1)),
         )
         for keys, action in bindings:
-            QShortcut(QKeySequence(keys), self, activated=action)
+            QShortcut(QKeySequence(keys), self, action)
         select_all = QShortcut(
             QKeySequence.StandardKey.SelectAll,
             self.sheets_view,
-            activated=self.select_all_visible,
+            self.select_all_visible,
         )
         select_all.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
 
@@ -288,7 +288,7 @@ class MainWindow(QMainWindow):
             with database.reused() as conn:
                 return list_batches(conn)
 
-        self._run(load, self._on_batches_loaded)
+        self._db_tasks.run(load, self._on_batches_loaded)
 
     @Slot(object)
     def _on_batches_loaded(self, batches: list[BatchSummary]) -> None:
@@ -325,7 +325,7 @@ class MainWindow(QMainWindow):
             with database.reused() as conn:
                 return list_sheets(conn, batch.id)
 
-        self._run(load, self._on_sheets_loaded)
+        self._db_tasks.run(load, self._on_sheets_loaded)
 
     @Slot(object)
     def _on_sheets_loaded(self, sheets: list[Any]) -> None:
@@ -365,7 +365,9 @@ class MainWindow(QMainWindow):
         if database is None:
             return
         self._open_sheet_id = sheet_id
-        self._run(lambda: load_sheet(database, sheet_id), self._on_sheet_loaded)
+        self._db_tasks.run(
+            lambda: load_sheet(database, sheet_id), self._on_sheet_loaded
+        )
 
     @Slot(object)
     def _on_sheet_loaded(self, loaded: LoadedSheet | None) -> None:
@@ -396,7 +398,7 @@ class MainWindow(QMainWindow):
                 correct_answer(conn, sheet_id, question, answer, editor)
             return sheet_id
 
-        self._run(store, lambda _id: self.refresh_sheets())
+        self._db_tasks.run(store, lambda _id: self.refresh_sheets())
 
     def editor_name(self) -> str:
         """Return the editor recorded on corrections: the setting, else the OS user."""
@@ -422,22 +424,12 @@ class MainWindow(QMainWindow):
             with database.reused() as conn:
                 swap_students(conn, first, second)
 
-        self._run(swap, lambda _r: self._on_swapped())
+        self._db_tasks.run(swap, lambda _r: self._on_swapped())
 
     def _on_swapped(self) -> None:
         self.statusBar().showMessage("Students swapped; both sheets rescored.", 8000)
         self.swapped.emit()
         self.refresh_sheets()
-
-    def _run(self, function: Callable[[], Any], on_done: Callable[[Any], None]) -> None:
-        task = DbTask(function)
-        self._tasks.add(task)
-        task.signals.finished.connect(on_done)
-        task.signals.failed.connect(self._on_task_failed)
-        task.signals.finished.connect(lambda _r: self._tasks.discard(task))
-        task.signals.failed.connect(lambda _m: self._tasks.discard(task))
-        task.setAutoDelete(False)
-        self._pool.start(task)
 
     @Slot(str)
     def _on_task_failed(self, message: str) -> None:

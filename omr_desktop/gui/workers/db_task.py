@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, Signal
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 logger = logging.getLogger(__name__)
 
@@ -46,3 +46,40 @@ class DbTask(QRunnable):
             self.signals.failed.emit(str(exc))
             return
         self.signals.finished.emit(result)
+
+
+class DbTaskRunner:
+    """Start DbTasks on a pool and keep each alive until it has reported.
+
+    Results come back on the GUI thread through the tasks' queued signals.
+    A failure goes to the call's ``on_failed``, else to the runner's, else
+    to the log.
+    """
+
+    def __init__(
+        self,
+        pool: QThreadPool | None = None,
+        on_failed: Callable[[str], object] | None = None,
+    ) -> None:
+        self._pool = pool or QThreadPool.globalInstance()
+        self._on_failed = on_failed or _log_failure
+        self._running: set[DbTask] = set()
+
+    def run(
+        self,
+        function: Callable[[], Any],
+        on_done: Callable[[Any], None],
+        on_failed: Callable[[str], object] | None = None,
+    ) -> None:
+        task = DbTask(function)
+        task.setAutoDelete(False)
+        self._running.add(task)
+        task.signals.finished.connect(on_done)
+        task.signals.failed.connect(on_failed or self._on_failed)
+        task.signals.finished.connect(lambda _result: self._running.discard(task))
+        task.signals.failed.connect(lambda _message: self._running.discard(task))
+        self._pool.start(task)
+
+
+def _log_failure(message: str) -> None:
+    logger.warning("Background database call failed: %s", message)
