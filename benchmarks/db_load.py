@@ -14,23 +14,19 @@ executemany, on an identical table, and the ratio is printed.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rescore import fill  # noqa: E402
+from scratch_db import executemany_baseline, scratch_database  # noqa: E402
 
 from omr_desktop.db import reprocess_store, task_store  # noqa: E402
-from omr_desktop.db.embedded import EmbeddedServer  # noqa: E402
 from omr_desktop.db.migrate import migrate  # noqa: E402
 
 # The staged rows: every answer, its raw and corrected answer replaced by
@@ -54,33 +50,8 @@ def main() -> int:
     parser.add_argument("--questions", type=int, default=150)
     parser.add_argument("--dsn", help="a role that may create databases")
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="omr-bench-db-"))
-    base.chmod(0o755)
-    server = None
-    admin = args.dsn
-    try:
-        if admin is None:
-            server = EmbeddedServer(base / "pg")
-            server.start()
-            admin = server.conninfo("postgres")
-        name = f"omr_bench_{os.getpid()}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            params = psycopg.conninfo.conninfo_to_dict(admin)
-            params["dbname"] = name
-            run(psycopg.conninfo.make_conninfo("", **params), args)
-        finally:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
-                        sql.Identifier(name)
-                    )
-                )
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    with scratch_database(args.dsn) as (conninfo, _scratch):
+        run(conninfo, args)
     return 0
 
 
@@ -148,31 +119,6 @@ def copy_out(conn: psycopg.Connection, query: str) -> bytes:
         for data in copy:
             parts.append(bytes(data))
     return b"".join(parts)
-
-
-def executemany_baseline(conninfo: str) -> float:
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE answers_baseline (LIKE omr_answers INCLUDING ALL)"
-            " WITH (fillfactor = 70)"
-        )
-        conn.execute("INSERT INTO answers_baseline SELECT * FROM omr_answers")
-        conn.execute("VACUUM ANALYZE answers_baseline")
-        rows = conn.execute(
-            "SELECT 'X' || answer_raw, 'X' || answer_corrected, confidence_score,"
-            " fills, reason, needs_review, sheet_id, question FROM omr_answers"
-        ).fetchall()
-    with psycopg.connect(conninfo) as conn:
-        started = time.perf_counter()
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                "UPDATE answers_baseline SET answer_raw = %s, answer_corrected = %s,"
-                " confidence_score = %s, fills = %s, reason = %s, needs_review = %s"
-                " WHERE sheet_id = %s AND question = %s",
-                rows,
-            )
-        conn.commit()
-        return time.perf_counter() - started
 
 
 if __name__ == "__main__":

@@ -25,21 +25,21 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scratch_db import executemany_baseline, scratch_database  # noqa: E402
 
 from omr_desktop.config import DatabaseChoice
 from omr_desktop.db.database import Database
-from omr_desktop.db.embedded import EmbeddedServer
 from omr_desktop.db.migrate import migrate
 from omr_desktop.engine import Template, load_sheet_image
 
@@ -50,20 +50,8 @@ def main() -> int:
     args = parse_args()
     if args.child:
         return child(args)
-    scratch = Path(tempfile.mkdtemp(prefix="omr-bench-reprocess-"))
-    scratch.chmod(0o755)
-    server = None
-    admin = args.dsn
-    try:
-        if admin is None:
-            server = EmbeddedServer(scratch / "pg")
-            server.start()
-            admin = server.conninfo("postgres")
-        run(args, admin, scratch)
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
+    with scratch_database(args.dsn) as (conninfo, scratch):
+        report(args, conninfo, scratch)
     return 0
 
 
@@ -78,24 +66,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args()
-
-
-def run(args: argparse.Namespace, admin: str, scratch: Path) -> None:
-    name = f"omr_bench_{os.getpid()}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = psycopg.conninfo.conninfo_to_dict(admin)
-    params["dbname"] = name
-    conninfo = psycopg.conninfo.make_conninfo("", **params)
-    try:
-        report(args, conninfo, scratch)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)
-                )
-            )
 
 
 def report(args: argparse.Namespace, conninfo: str, scratch: Path) -> None:
@@ -233,33 +203,6 @@ def overwrite_answers(conninfo: str) -> None:
         )
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE omr_answers")
-
-
-def executemany_baseline(conninfo: str) -> float:
-    """Update every answer row one statement per row, in one transaction."""
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE answers_baseline (LIKE omr_answers INCLUDING ALL)"
-            " WITH (fillfactor = 70)"
-        )
-        conn.execute("INSERT INTO answers_baseline SELECT * FROM omr_answers")
-        conn.execute("VACUUM ANALYZE answers_baseline")
-        rows = conn.execute(
-            "SELECT answer_raw, answer_corrected, confidence_score, fills, reason,"
-            " needs_review, sheet_id, question FROM omr_answers"
-        ).fetchall()
-    rows = [("X" + r[0], "X" + r[1], *r[2:]) for r in rows]
-    with psycopg.connect(conninfo) as conn:
-        started = time.perf_counter()
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                "UPDATE answers_baseline SET answer_raw = %s, answer_corrected = %s,"
-                " confidence_score = %s, fills = %s, reason = %s, needs_review = %s"
-                " WHERE sheet_id = %s AND question = %s",
-                rows,
-            )
-        conn.commit()
-        return time.perf_counter() - started
 
 
 if __name__ == "__main__":

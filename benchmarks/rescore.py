@@ -14,18 +14,13 @@ named omr_bench_<pid> there. Nothing else is touched.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import psycopg
-from psycopg import sql
+from scratch_db import scratch_database
 
-from omr_desktop.db.embedded import EmbeddedServer
 from omr_desktop.db.migrate import migrate
 
 OPTIONS = "ABCDE"
@@ -33,33 +28,8 @@ OPTIONS = "ABCDE"
 
 def main() -> int:
     args = parse_args()
-    base = None
-    server = None
-    admin = args.dsn
-    if admin is None:
-        base = Path(tempfile.mkdtemp(prefix="omr-bench-"))
-        base.chmod(0o755)
-        server = EmbeddedServer(base / "data")
-        server.start()
-        admin = server.conninfo("postgres")
-    name = f"omr_bench_{os.getpid()}"
-    try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        params = psycopg.conninfo.conninfo_to_dict(admin)
-        params["dbname"] = name
-        run(psycopg.conninfo.make_conninfo(**params), args.sheets, args.questions)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)
-                )
-            )
-        if server is not None:
-            server.stop()
-        if base is not None:
-            shutil.rmtree(base, ignore_errors=True)
+    with scratch_database(args.dsn) as (conninfo, _scratch):
+        run(conninfo, args.sheets, args.questions)
     return 0
 
 

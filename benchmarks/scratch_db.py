@@ -1,0 +1,86 @@
+"""A throwaway database for benchmarks, and the row-by-row UPDATE baseline.
+
+Without a DSN, an embedded server is started in a temporary folder and
+removed afterwards; with one (a role that may create databases), a database
+``omr_bench_<pid>`` is created there and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from omr_desktop.db.embedded import EmbeddedServer
+
+
+@contextmanager
+def scratch_database(dsn: str | None = None) -> Iterator[tuple[str, Path]]:
+    """Yield (connection string of an empty database, a scratch folder)."""
+    scratch = Path(tempfile.mkdtemp(prefix="omr-bench-"))
+    # As root the embedded server runs as another user, who must be able to
+    # enter the folder.
+    scratch.chmod(0o755)
+    server = None
+    try:
+        admin = dsn
+        if admin is None:
+            server = EmbeddedServer(scratch / "pg")
+            server.start()
+            admin = server.conninfo("postgres")
+        name = f"omr_bench_{os.getpid()}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        params = psycopg.conninfo.conninfo_to_dict(admin)
+        params["dbname"] = name
+        try:
+            yield psycopg.conninfo.make_conninfo("", **params), scratch
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(name)
+                    )
+                )
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def executemany_baseline(conninfo: str) -> float:
+    """Update every omr_answers row one statement per row; return seconds.
+
+    The rows go to an identical copy of the table (same fillfactor and
+    indexes), with psycopg's pipelined executemany, in one transaction.
+    Every row gets new raw and corrected answers, so every row changes.
+    """
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE answers_baseline (LIKE omr_answers INCLUDING ALL)"
+            " WITH (fillfactor = 70)"
+        )
+        conn.execute("INSERT INTO answers_baseline SELECT * FROM omr_answers")
+        conn.execute("VACUUM ANALYZE answers_baseline")
+        rows = conn.execute(
+            "SELECT 'X' || answer_raw, 'X' || answer_corrected, confidence_score,"
+            " fills, reason, needs_review, sheet_id, question FROM omr_answers"
+        ).fetchall()
+    with psycopg.connect(conninfo) as conn:
+        started = time.perf_counter()
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "UPDATE answers_baseline SET answer_raw = %s, answer_corrected = %s,"
+                " confidence_score = %s, fills = %s, reason = %s, needs_review = %s"
+                " WHERE sheet_id = %s AND question = %s",
+                rows,
+            )
+        conn.commit()
+        return time.perf_counter() - started
