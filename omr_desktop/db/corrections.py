@@ -11,11 +11,17 @@ import re
 
 import psycopg
 
-from omr_desktop.db.reprocess_store import SheetsBusyError
+from omr_desktop.db.reprocess_store import lock_sheet_ids
 
 # A corrected answer: option values joined (A, BC, 12), blank, or '*' for
 # an unresolved multi-mark.
 _ANSWER_PATTERN = re.compile(r"^[A-Z0-9]*$|^\*$")
+
+
+_BUSY = (
+    "These sheets are being reprocessed right now. Wait for the task to finish, "
+    "then try again."
+)
 
 
 class CorrectionError(ValueError):
@@ -33,7 +39,7 @@ def correct_answer(
             "B or AC, nothing for blank, or * for an unresolved multi-mark."
         )
     with conn.transaction():
-        _lock(conn, [sheet_id])
+        lock_sheet_ids(conn, [sheet_id], _BUSY)
         updated = conn.execute(
             "UPDATE omr_answers SET answer_corrected = %s, corrected_by = %s,"
             " corrected_at = now() WHERE sheet_id = %s AND question = %s",
@@ -49,7 +55,7 @@ def swap_students(conn: psycopg.Connection, first: int, second: int) -> None:
     if first == second:
         raise CorrectionError("Swap needs two different sheets.")
     with conn.transaction():
-        rows = _lock(conn, [first, second])
+        rows = lock_sheet_ids(conn, [first, second], _BUSY)
         if len(rows) != 2:
             raise CorrectionError(f"Sheet {first} or {second} does not exist.")
         conn.execute(
@@ -60,16 +66,3 @@ def swap_students(conn: psycopg.Connection, first: int, second: int) -> None:
         conn.execute(
             "CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", ([first, second],)
         )
-
-
-def _lock(conn: psycopg.Connection, sheet_ids: list[int]) -> list[tuple[int]]:
-    try:
-        return conn.execute(
-            "SELECT id FROM sheets WHERE id = ANY(%s) ORDER BY id FOR UPDATE NOWAIT",
-            (sheet_ids,),
-        ).fetchall()
-    except psycopg.errors.LockNotAvailable as exc:
-        raise SheetsBusyError(
-            "These sheets are being reprocessed right now. Wait for the task to "
-            "finish, then try again."
-        ) from exc

@@ -54,10 +54,10 @@ CONFIG_FILE_NAME = "omr-desktop.conf"
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60
 
-# Settings for bulk reprocess loads on a workstation. shared_buffers holds the
-# answers of a 7,109-sheet batch (about 150 MB with fills) in memory;
-# max_wal_size keeps a 1 M-row UPDATE from forcing checkpoints mid-load; the
-# work_mem values let the staging join and index builds run in memory.
+# Settings for bulk reprocess loads on a workstation. shared_buffers keeps the
+# answers of a 7,109-sheet batch in memory (an estimated 150 MB with fills).
+# max_wal_size keeps a 1 M-row UPDATE from forcing checkpoints mid-load, and
+# the work_mem values let the staging join and index builds run in memory.
 SERVER_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "unix_socket_directories": "''",

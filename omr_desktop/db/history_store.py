@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from omr_desktop.db.reprocess_store import SheetsBusyError
+from omr_desktop.db.reprocess_store import lock_sheet_ids
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,12 @@ def undo_task(conn: psycopg.Connection, task_id: str) -> UndoResult:
     """
     with conn.transaction():
         sheet_ids, finished_at = _undoable(conn, task_id)
-        _lock(conn, sheet_ids)
+        lock_sheet_ids(
+            conn,
+            sheet_ids,
+            "Some of the task's sheets are being changed right now. Wait for "
+            "that to finish, then undo again.",
+        )
         _check_no_later_changes(conn, task_id, sheet_ids, finished_at)
         restored, deleted = _restore_answers(conn, task_id)
         sheets = _restore_sheets(conn, task_id)
@@ -75,18 +80,6 @@ def _undoable(conn: psycopg.Connection, task_id: str) -> tuple[list[int], object
             f"The history of task {task_id} was pruned, so it cannot be undone."
         )
     return [int(s) for s in sheet_ids], finished_at
-
-
-def _lock(conn: psycopg.Connection, sheet_ids: list[int]) -> None:
-    try:
-        conn.execute(
-            "SELECT id FROM sheets WHERE id = ANY(%s) FOR UPDATE NOWAIT", (sheet_ids,)
-        )
-    except psycopg.errors.LockNotAvailable as exc:
-        raise SheetsBusyError(
-            "Some of the task's sheets are being changed right now. Wait for that "
-            "to finish, then undo again."
-        ) from exc
 
 
 def _check_no_later_changes(

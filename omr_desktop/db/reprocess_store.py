@@ -91,6 +91,25 @@ def lock_sheets(
     return [SheetRow(int(r[0]), str(r[1]), int(r[2]), r[3], r[4]) for r in rows]
 
 
+def lock_sheet_ids(
+    conn: psycopg.Connection, sheet_ids: list[int], busy_message: str
+) -> list[int]:
+    """Lock the sheets' rows (NOWAIT) and return the ids that exist, sorted.
+
+    Raises:
+        SheetsBusyError: with ``busy_message``, when another transaction
+            holds any of them.
+    """
+    try:
+        rows = conn.execute(
+            "SELECT id FROM sheets WHERE id = ANY(%s) ORDER BY id FOR UPDATE NOWAIT",
+            (sheet_ids,),
+        ).fetchall()
+    except psycopg.errors.LockNotAvailable as exc:
+        raise SheetsBusyError(busy_message) from exc
+    return [int(r[0]) for r in rows]
+
+
 def busy_tasks(conn: psycopg.Connection, sheet_ids: list[int]) -> list[str]:
     """Return the ids of running tasks that include any of ``sheet_ids``."""
     rows = conn.execute(

@@ -21,14 +21,14 @@ from omr_desktop.pipeline.batch_load import (
 )
 
 # Extensions taken as sheet images. Files are decoded by content, so a .png
-# that holds a JPEG still reads; other files in the folder are ignored.
+# that contains a JPEG still reads. Other files in the folder are ignored.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 
 IMPORT_PROFILE_ID = 1
 
 
 class ImportInputError(ValueError):
-    """An import argument or input file is invalid; the message says which."""
+    """An import argument or input file is invalid; the message names it."""
 
 
 def import_batch(

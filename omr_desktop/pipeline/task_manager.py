@@ -48,7 +48,7 @@ class TaskRequestError(ValueError):
     """A reprocess request is invalid; nothing was queued.
 
     Attributes:
-        http_status: the HTTP status the server answers with.
+        http_status: the HTTP status the server returns.
     """
 
     http_status = 400
@@ -90,7 +90,7 @@ class TaskConflictError(TaskRequestError):
     """The sheets overlap those of a running or queued task.
 
     Attributes:
-        task_id: the task that holds them.
+        task_id: the task that has them.
         sheet_ids: the overlapping sheets, sorted.
     """
 
