@@ -86,9 +86,11 @@ class Database:
         self.embedded: EmbeddedServer | None = None
         self._conninfo: str | None = None
         self._keepalive: psycopg.Connection | None = None
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._lent: list[psycopg.Connection] = []
+        # Keyed by the OS thread id, not held in a threading.local: a Qt
+        # pool thread enters Python afresh for each task, and each entry got
+        # a new, empty threading.local, so every task opened a connection.
+        self._lent: dict[int, psycopg.Connection] = {}
 
     @property
     def conninfo(self) -> str:
@@ -134,14 +136,19 @@ class Database:
         with SCRAM authentication costs tens of milliseconds, more than
         most queries behind a click. The block's work is committed at its
         end, or rolled back if it raises. Only the thread that opened a
-        connection uses it.
+        connection uses it, so a pool whose threads end (Qt's do when idle,
+        unless told otherwise) leaves their connections open until close().
         """
-        conn: psycopg.Connection | None = getattr(self._local, "conn", None)
+        thread_id = threading.get_ident()
+        with self._lock:
+            conn = self._lent.get(thread_id)
         if conn is None or conn.closed or conn.broken:
             conn = self.connect()
-            self._local.conn = conn
             with self._lock:
-                self._lent.append(conn)
+                stale = self._lent.get(thread_id)
+                self._lent[thread_id] = conn
+            if stale is not None:
+                stale.close()
         try:
             yield conn
         except BaseException:
@@ -160,8 +167,8 @@ class Database:
             self._keepalive.close()
             self._keepalive = None
         with self._lock:
-            lent, self._lent = self._lent, []
-        for conn in lent:
+            lent, self._lent = self._lent, {}
+        for conn in lent.values():
             conn.close()
         if self.embedded is not None:
             self.embedded.stop_if_unused()

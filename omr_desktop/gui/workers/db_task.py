@@ -62,6 +62,11 @@ class DbTaskRunner:
         on_failed: Callable[[str], object] | None = None,
     ) -> None:
         self._pool = pool or QThreadPool.globalInstance()
+        # Tasks use Database.reused(), one connection per pool thread. Qt
+        # ends a thread idle for 30 s by default and starts a new one, which
+        # would open another connection while the old one stayed open until
+        # the application closed: keep the threads instead.
+        self._pool.setExpiryTimeout(-1)
         self._on_failed = on_failed or _log_failure
         self._running: set[DbTask] = set()
 
