@@ -126,12 +126,16 @@ def add_list_batch(conn: Any, count: int) -> None:
         " WHERE batch_id = %s AND sequence_no %% 3 = 0",
         (batch[0],),
     )
+    # As an import does at its end: after the commit, so that ANALYZE also
+    # sets the rows' hint bits and the first open does not.
+    conn.commit()
+    conn.execute("ANALYZE sheets, students, sheet_flags")
 
 
 def measure(database: Any, args: argparse.Namespace) -> None:
     from PySide6.QtCore import QElapsedTimer, QSettings, Qt, QTimer
 
-    from omr_desktop.app import AppSession, create_application
+    from omr_desktop.app import AppSession, create_application, freeze_startup_objects
     from omr_desktop.gui.windows.main_window import MainWindow
 
     # Private settings: a last batch restored from an earlier run would
@@ -147,6 +151,7 @@ def measure(database: Any, args: argparse.Namespace) -> None:
     window.resize(1600, 950)
     window.show()
     session = AppSession(window, database, args.threads)
+    freeze_startup_objects()  # as the application does once its session starts
     wait_for(app, window.batches_loaded, lambda: window.set_database(database))
     list_timings(app, window)
 
@@ -192,24 +197,35 @@ def repaint_time(app: Any, window: Any, action: Any) -> float:
 
 
 def list_timings(app: Any, window: Any) -> None:
-    row = next(
-        r
+    rows = {
+        window.batch_proxy.index(r, 0).data(): r
         for r in range(window.batch_proxy.rowCount())
-        if window.batch_proxy.index(r, 0).data() == "List 10k"
-    )
-    opened = wait_for(
-        app, window.sheets_loaded, lambda: window.batches_view.selectRow(row)
-    )
-    opened += repaint_time(app, window, lambda: None)
+    }
+    # The big batch is opened three times, from the small demo batch each
+    # time: the first open runs on cold caches and a new connection.
+    opens = []
+    for _ in range(3):
+        wait_for(
+            app,
+            window.sheets_loaded,
+            lambda: window.batches_view.selectRow(rows["Demo"]),
+        )
+        repaint_time(app, window, lambda: None)
+        opened = wait_for(
+            app,
+            window.sheets_loaded,
+            lambda: window.batches_view.selectRow(rows["List 10k"]),
+        )
+        opens.append(opened + repaint_time(app, window, lambda: None))
     scrolled = repaint_time(app, window, window.sheets_view.scrollToBottom)
     window.select_mode_button.setChecked(True)
     selected = repaint_time(app, window, window.select_all_visible)
     count = len(window.sheet_model.checked_ids())
     window.select_mode_button.setChecked(False)
     print(
-        f"List of {window.sheet_model.rowCount():,} sheets: "
-        f"open {opened * 1000:.0f} ms "
-        f"(query, model and paint), scroll to end {scrolled * 1000:.0f} ms, "
+        f"List of {window.sheet_model.rowCount():,} sheets: open "
+        + ", ".join(f"{t * 1000:.0f}" for t in opens)
+        + f" ms (query, model and paint), scroll to end {scrolled * 1000:.0f} ms, "
         f"Ctrl+A {selected * 1000:.0f} ms ({count:,} checked)"
     )
 

@@ -6,6 +6,7 @@ Logging is configured by the command line before this runs.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -142,6 +143,19 @@ def detection_threads() -> int:
     return threads if threads > 0 else (os.cpu_count() or 2)
 
 
+def freeze_startup_objects() -> None:
+    """Exempt every object alive after start-up from garbage collection.
+
+    Qt, numpy, OpenCV and the window leave a few hundred thousand objects
+    that live as long as the application. Each full collection walked them
+    all on the GUI thread: about 60 ms, once in the first open of a
+    10,000-sheet batch. ``gc.freeze`` moves them to a permanent generation;
+    objects made later are collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def open_database_in_background(
     window: MainWindow,
     database: Database,
@@ -162,6 +176,7 @@ def open_database_in_background(
     def opened(result: Database) -> None:
         session = AppSession(window, result)
         sessions.append(session)
+        freeze_startup_objects()
         window.set_database(result)
         if on_session is not None:
             on_session(session)

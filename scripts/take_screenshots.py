@@ -104,7 +104,7 @@ def shoot(database: Any) -> None:
     )
     wait(
         window.sheet_opened,
-        lambda: window.sheets_view.setCurrentIndex(window.sheet_proxy.index(2, 1)),
+        lambda: window.sheets_view.setCurrentIndex(window.sheet_model.index(2, 1)),
     )
     settle()
     window.grab().save(str(OUT / "main_window.png"))

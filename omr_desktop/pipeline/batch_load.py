@@ -121,6 +121,11 @@ def load_batch(
         writer.flush()
         batch_store.rescore(conn, writer.sheet_ids)
         batch_store.finish_batch(conn, batch_id)
+    # Fresh statistics for the tables a batch just grew: until autovacuum
+    # got to them, the planner took a new batch of 10,000 sheets for a few
+    # dozen rows and opened its student list with nested loops.
+    conn.execute("ANALYZE sheets, students, sheet_flags, omr_answers")
+    conn.commit()
     duration = time.perf_counter() - started
     logger.info(
         "Batch %r loaded: %d sheets, %d answers, %d failed in %.1f s",

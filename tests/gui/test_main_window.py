@@ -85,7 +85,6 @@ def test_batch_search_filters_by_name(
 
 
 def test_sheet_model_passes_model_tester(qtmodeltester: object) -> None:
-    from datetime import datetime
     from decimal import Decimal
 
     from omr_desktop.db.queries import SheetSummary
@@ -101,9 +100,9 @@ def test_sheet_model_passes_model_tester(qtmodeltester: object) -> None:
                 Decimal("12.5"),
                 ("MULTI_MARK",),
                 "Default",
-                datetime(2026, 1, 1, 9, 30),
+                "2026-01-01 09:30",
             ),
-            SheetSummary(2, 2, "R2", "Ben", None, (), "", None),
+            SheetSummary(2, 2, "R2", "Ben", None, (), "", ""),
         ]
     )
 

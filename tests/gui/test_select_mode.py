@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 
 import pytest
@@ -27,7 +26,7 @@ def sheets(count: int) -> list[SheetSummary]:
             Decimal(n),
             flags[n % 3],
             "Default",
-            datetime(2026, 1, 1),
+            "2026-01-01 00:00",
         )
         for n in range(1, count + 1)
     ]

@@ -43,7 +43,7 @@ def window(qtbot: QtBot, database: Database) -> MainWindow:
 
 def open_row(window: MainWindow, qtbot: QtBot, row: int) -> int:
     with qtbot.waitSignal(window.sheet_opened, timeout=20_000) as opened:
-        window.sheets_view.setCurrentIndex(window.sheet_proxy.index(row, 1))
+        window.sheets_view.setCurrentIndex(window.sheet_model.index(row, 1))
     return int(opened.args[0])
 
 

@@ -28,12 +28,7 @@ SHEET_COLUMNS: list[Column[SheetSummary]] = [
     ),
     Column("Flags", lambda s: ", ".join(s.flags)),
     Column("Profile", lambda s: s.profile_name),
-    Column(
-        "Processed",
-        lambda s: (
-            "" if s.processed_at is None else s.processed_at.strftime("%Y-%m-%d %H:%M")
-        ),
-    ),
+    Column("Processed", lambda s: s.processed_at),
 ]
 
 
