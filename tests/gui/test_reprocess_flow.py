@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
 from omr_desktop.app import AppSession
@@ -165,3 +166,32 @@ def test_undo_last_reprocess_restores_answers(
         session.undo_last_reprocess()
 
     assert light_marks_read(database) == before
+
+
+def test_manual_correction_survives_reprocess(
+    session: AppSession, qtbot: QtBot, database: Database
+) -> None:
+    window = session.window
+    with qtbot.waitSignal(window.sheet_opened, timeout=TIMEOUT_MS) as opened:
+        window.sheets_view.setCurrentIndex(window.sheet_model.index(0, 1))
+    sheet_id = int(opened.args[0])
+    model = window.sheet_panel.answers_model
+    row = next(r for r in range(model.rowCount()) if model.answer(r).answer_raw == "")
+    question = model.answer(row).question
+    with qtbot.waitSignal(window.sheets_loaded, timeout=TIMEOUT_MS):
+        model.setData(model.index(row, 2), "e", Qt.ItemDataRole.EditRole)
+
+    window.select_mode_button.setChecked(True)
+    window.select_all_visible()
+    session.flow.profile_dialog_opened.connect(choose_profile(SENSITIVE))
+    with qtbot.waitSignal(session.flow.task_ended, timeout=TIMEOUT_MS):
+        window.reprocess_button.click()
+
+    with database.connect() as conn:
+        stored = conn.execute(
+            "SELECT a.answer_corrected, a.corrected_by, s.last_profile_id"
+            " FROM omr_answers a JOIN sheets s ON s.id = a.sheet_id"
+            " WHERE a.sheet_id = %s AND a.question = %s",
+            (sheet_id, question),
+        ).fetchone()
+    assert stored == ("E", window.editor_name(), SENSITIVE)
