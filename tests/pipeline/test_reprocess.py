@@ -1434,3 +1434,51 @@ def test_copy_rows_survive_latin1_database(latin1_conninfo: str) -> None:
         stored = conn.execute("SELECT question FROM copied_answers").fetchone()
 
     assert stored == ("Zoë",)
+
+
+def test_answer_changed_without_lock_fails_task(
+    manager: TaskManager,
+    event_log: EventLog,
+    database: Database,
+    db: psycopg.Connection,
+    db_conninfo: str,
+    demo_sheet_ids: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from omr_desktop.db import reprocess_store
+
+    record_history = reprocess_store._record_history
+
+    def change_one_answer_then_record(conn: psycopg.Connection, task_id: str) -> None:
+        # A writer that does not lock the sheet row commits a change to an
+        # answer the task has already read, before the task writes it.
+        with psycopg.connect(db_conninfo, autocommit=True) as other:
+            other.execute(
+                "UPDATE omr_answers SET reason = 'erased' WHERE (sheet_id, question) ="
+                " (SELECT sheet_id, question FROM omr_answers WHERE sheet_id = %s"
+                "  ORDER BY question LIMIT 1)",
+                (demo_sheet_ids[0],),
+            )
+        record_history(conn, task_id)
+
+    monkeypatch.setattr(
+        reprocess_store, "_record_history", change_one_answer_then_record
+    )
+    # Every answer of the first sheet differs from what the task reads, so
+    # the one the other writer changes is among the rows the task updates.
+    db.execute(
+        "UPDATE omr_answers SET answer_raw = 'Z' WHERE sheet_id = %s",
+        (demo_sheet_ids[0],),
+    )
+    db.commit()
+    before = snapshot_tables(db)
+
+    task_id = run_task(manager, ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE))
+
+    events = event_log.of(task_id)
+    assert events[-1].status == "FAILURE"
+    assert "answers changed while this task ran" in events[-1].message
+    after = snapshot_tables(db)
+    # Only the other writer's one answer differs: the task wrote nothing.
+    assert [t for t in before if before[t] != after[t]] == ["omr_answers"]
+    assert len(set(before["omr_answers"]) ^ set(after["omr_answers"])) == 2
