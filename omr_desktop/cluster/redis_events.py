@@ -247,10 +247,14 @@ class RedisSink:
         self.last_event: ProgressEvent | None = None
 
     def report(self, event: ProgressEvent) -> None:
+        self.report_counted(event, -1)
+
+    def report_counted(self, event: ProgressEvent, processed_floor: int) -> None:
+        """Publish ``event`` as ``RedisEvents.publish`` does with the floor."""
         elapsed = round(time.time() - self._started, 3)
         event = replace(event, elapsed_s=elapsed)
         self.last_event = event
-        self._events.publish(event)
+        self._events.publish(event, processed_floor)
 
     @property
     def cancelled(self) -> bool:

@@ -201,7 +201,9 @@ class DetectionSource(Protocol):
         """True when the detections were made, and reported, before the run."""
         ...
 
-    def dispatch_message(self, sheets: int, mode: str) -> str: ...
+    def dispatch_message(self, sheets: int, mode: str) -> str | None:
+        """Return the Processing Sheets start message; None to send none."""
+        ...
 
     def outcomes(
         self,
@@ -225,7 +227,7 @@ class LocalDetection:
         self.executor = executor
         self.workers = workers
 
-    def dispatch_message(self, sheets: int, mode: str) -> str:
+    def dispatch_message(self, sheets: int, mode: str) -> str | None:
         return f"Dispatching {sheets} tasks to {self.workers} workers ({mode})"
 
     def outcomes(
@@ -254,8 +256,9 @@ class PrecomputedDetections:
     def __init__(self, readings: Mapping[int, SheetReading | str]) -> None:
         self.readings = readings
 
-    def dispatch_message(self, sheets: int, mode: str) -> str:
-        return f"Collecting {sheets} detections made by the workers ({mode})"
+    def dispatch_message(self, sheets: int, mode: str) -> str | None:
+        # The workers announced the dispatch when they started.
+        return None
 
     def outcomes(
         self,
@@ -448,7 +451,9 @@ def _process_sheets(
 ) -> None:
     started = time.monotonic()
     mode = "re-deciding stored fills" if run.request.redecide else "detecting"
-    run.emit(ev.PROCESSING_SHEETS, source.dispatch_message(len(jobs), mode), 0)
+    message = source.dispatch_message(len(jobs), mode)
+    if message is not None:
+        run.emit(ev.PROCESSING_SHEETS, message, 0)
     outcomes = source.outcomes(
         jobs, settings, run.request.redecide, run.check_cancelled
     )
