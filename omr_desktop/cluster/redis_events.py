@@ -14,7 +14,7 @@ Keys (all under ``omr:task:<task id>:``, each expiring ``KEY_TTL_S`` after
 its last write): ``seq`` last event id, ``log`` event list, ``events``
 the pub/sub channel, ``done`` and ``failed`` sheet id sets, ``max_done``
 and ``last_emit_ms`` for the per-sheet events, ``started`` start time,
-``cancel`` cancel flag, ``chunk:<n>`` chunk results and ``attempts:<n>``
+``cancel`` cancel flag, ``ended`` set with the terminal event, ``chunk:<n>`` chunk results and ``attempts:<n>``
 deliveries of chunk n.
 """
 
@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import redis
 
-from omr_desktop.pipeline.events import ProgressEvent
+from omr_desktop.pipeline.events import COMPLETE, ERROR, ProgressEvent
 
 # Redis keeps a task's events and results this long after the last write:
 # long enough to follow any task, short enough that Redis does not grow.
@@ -38,7 +38,11 @@ KEY_TTL_S = 24 * 3600
 # the local pipeline's rate of ten a second.
 SHEET_EVENT_GAP_MS = 100
 
+TERMINAL_EVENTS = frozenset({COMPLETE, ERROR})
+
 _PUBLISH = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if ARGV[5] == '1' then redis.call('SET', KEYS[4], '1', 'EX', ARGV[4]) end
 local floor = tonumber(ARGV[3])
 if floor >= 0 then
   local last = tonumber(redis.call('GET', KEYS[3]) or '-1')
@@ -134,18 +138,28 @@ class RedisEvents:
     def publish(self, event: ProgressEvent, processed_floor: int = -1) -> int:
         """Store and publish ``event``; return its id, or 0 if it was dropped.
 
+        Nothing is published after a terminal event (``complete`` or
+        ``error``): a chunk still running when another one failed the task
+        cannot add progress after the error.
+
         Args:
             processed_floor: for a per-sheet progress event, its processed
                 count; the event is dropped unless the count is above every
                 count published before, so counts never go backwards.
         """
         task_id = event.task_id
-        keys = [key(task_id, "seq"), key(task_id, "log"), key(task_id, "max_done")]
+        keys = [
+            key(task_id, "seq"),
+            key(task_id, "log"),
+            key(task_id, "max_done"),
+            key(task_id, "ended"),
+        ]
         args: list[str | int] = [
             channel(task_id),
             event_body(event),
             processed_floor,
             KEY_TTL_S,
+            "1" if event.event in TERMINAL_EVENTS else "0",
         ]
         return int(cast(int, self._publish(keys=keys, args=args)))
 
@@ -201,7 +215,9 @@ class RedisEvents:
         self.client.set(key(task_id, "cancel"), "1", ex=KEY_TTL_S)
 
     def cancel_requested(self, task_id: str) -> bool:
-        return bool(self.client.exists(key(task_id, "cancel")))
+        """Tell whether the task should stop: cancelled, or ended elsewhere."""
+        names = (key(task_id, "cancel"), key(task_id, "ended"))
+        return bool(self.client.exists(*names))
 
     def count_attempt(self, task_id: str, chunk: int) -> int:
         """Count one delivery of chunk ``chunk``; return the count so far."""

@@ -369,6 +369,10 @@ def detect_chunk(
         )
     except ClusterTaskError:
         raise
+    except TaskCancelledError as exc:
+        logger.info("Task %s: chunk %d stopped: the task ended", task_id, chunk)
+        fail_task(database, sink, task_id, failure_reason(exc), total)
+        raise ClusterTaskError(failure_reason(exc)) from exc
     except Exception as exc:
         logger.exception("Task %s: chunk %d failed", task_id, chunk)
         fail_task(database, sink, task_id, failure_reason(exc), total)

@@ -164,3 +164,77 @@ def test_cluster_unknown_sheet_fails_cleanly(
     while celery_app.AsyncResult(task_id).state != "FAILURE":
         assert time.monotonic() < deadline, "the Celery result never failed"
         time.sleep(0.1)
+
+
+def test_killed_worker_chunk_is_delivered_again(
+    seeded_pair: Callable[[int], tuple[str, str, list[int]]],
+    start_worker: Callable[..., Worker],
+    celery_app: Any,
+    redis_events: RedisEvents,
+    redis_url: str,
+) -> None:
+    local_dsn, cluster_dsn, sheet_ids = seeded_pair(12)
+    before = result_rows(cluster_dsn)
+    local_result = run_local(local_dsn, sheet_ids)
+    doomed = start_worker(cluster_dsn, concurrency=1)
+
+    task_id = send(celery_app, sheet_ids, chunk_sheets=2)
+    deadline = time.monotonic() + TASK_TIMEOUT_S
+    while not any(e["processed"] for e in redis_events.history(task_id)):
+        assert time.monotonic() < deadline, "no sheet was ever detected"
+        time.sleep(0.01)
+    doomed.kill()
+
+    # The dead worker held a chunk it never acknowledged, and nothing was
+    # written: the final step runs only after every chunk.
+    unacked = redis_events.client.hlen("unacked")
+    assert unacked >= 1
+    assert result_rows(cluster_dsn) == before
+    with psycopg.connect(cluster_dsn) as conn:
+        running = task_store.get_task(conn, task_id)
+    assert running is not None
+    assert running.status == task_store.STARTED
+
+    start_worker(cluster_dsn)
+    row = wait_for_row(cluster_dsn, task_id, TASK_TIMEOUT_S)
+
+    assert row.status == task_store.SUCCESS, row.error
+    assert without_timings(row.result) == without_timings(local_result)
+    assert result_rows(cluster_dsn) == result_rows(local_dsn)
+    events = redis_events.history(task_id)
+    assert [e["event_id"] for e in events] == list(range(1, len(events) + 1))
+    processed = [e["processed"] for e in events]
+    assert processed == sorted(processed)
+    assert max(processed) == len(sheet_ids)
+    assert events[-1]["event"] == ev.COMPLETE
+
+
+def test_chunk_that_keeps_killing_workers_fails_task(
+    seeded_pair: Callable[[int], tuple[str, str, list[int]]],
+    start_worker: Callable[..., Worker],
+    celery_app: Any,
+    redis_events: RedisEvents,
+) -> None:
+    from omr_desktop.cluster.tasks import MAX_CHUNK_DELIVERIES
+
+    _local_dsn, cluster_dsn, sheet_ids = seeded_pair(2)
+    before = result_rows(cluster_dsn)
+    task_id = send(celery_app, sheet_ids, chunk_sheets=1)
+    # As if a worker had died on chunk 0 on every delivery so far.
+    name = f"omr:task:{task_id}:attempts:0"
+    redis_events.client.set(name, MAX_CHUNK_DELIVERIES)
+    start_worker(cluster_dsn)
+
+    row = wait_for_row(cluster_dsn, task_id, TASK_TIMEOUT_S)
+
+    assert row.status == task_store.FAILURE
+    assert row.error is not None
+    assert "never finished" in row.error
+    assert result_rows(cluster_dsn) == before
+    events = redis_events.history(task_id)
+    assert events[-1]["event"] == ev.ERROR
+    assert [e["event"] for e in events].count(ev.ERROR) == 1
+    deadline = time.monotonic() + 20
+    while celery_app.AsyncResult(task_id).state != "FAILURE":
+        assert time.monotonic() < deadline, "the Celery result never failed"
+        time.sleep(0.1)
