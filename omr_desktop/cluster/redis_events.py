@@ -14,8 +14,8 @@ Keys (all under ``omr:task:<task id>:``, each expiring ``KEY_TTL_S`` after
 its last write): ``seq`` last event id, ``log`` event list, ``events``
 the pub/sub channel, ``done`` and ``failed`` sheet id sets, ``max_done``
 and ``last_emit_ms`` for the per-sheet events, ``started`` start time,
-``cancel`` cancel flag, ``ended`` set with the terminal event, ``chunk:<n>`` chunk results and ``attempts:<n>``
-deliveries of chunk n.
+``cancel`` cancel flag, ``ended`` set with the terminal event,
+``chunk:<n>`` chunk results and ``attempts:<n>`` deliveries of chunk n.
 """
 
 from __future__ import annotations
