@@ -25,8 +25,10 @@ from omr_desktop.cluster.redis_events import (
 )
 from omr_desktop.cluster.settings import (
     BrokerUnavailableError,
+    ClusterConfigError,
     ClusterSettings,
     check_broker,
+    settings_from_env,
 )
 from omr_desktop.cluster.tasks import TASK_NAME
 from omr_desktop.db import task_store
@@ -46,6 +48,25 @@ CHECK_INTERVAL_S = 2.0
 # Seconds without any event after which the log says that no worker has
 # taken the task, once.
 NO_WORKER_WARNING_S = 30.0
+
+
+def open_cluster_engine(broker_url: str | None, database: Database) -> ClusterEngine:
+    """Check that cluster mode can work here, then build its engine.
+
+    Raises:
+        ClusterConfigError: the database is the embedded one, which the
+            workers cannot reach, or the broker URL is missing or invalid.
+        BrokerUnavailableError: the broker does not answer.
+    """
+    if database.choice.embedded:
+        raise ClusterConfigError(
+            "Cluster mode needs a PostgreSQL that every worker can reach: set "
+            "OMR_DATABASE_URL (or 'omr-desktop db use'); the embedded database "
+            "is reachable from this machine only."
+        )
+    settings = settings_from_env(broker_url)
+    check_broker(settings)
+    return ClusterEngine(settings, database)
 
 
 class ClusterEngine:
@@ -79,6 +100,7 @@ class ClusterEngine:
             TaskFailedElsewhereError: the workers failed the task and
                 published its error event, which the sink received.
         """
+        self._check_image_paths(request)
         try:
             check_broker(self.settings)
             pubsub = self._events.client.pubsub(  # type: ignore[no-untyped-call]
@@ -106,6 +128,28 @@ class ClusterEngine:
             return _Relay(self, task_id, sink, pubsub).follow()
         finally:
             pubsub.close()
+
+    def _check_image_paths(self, request: ReprocessRequest) -> None:
+        """Reject sheets whose image path is relative, so no worker can find it.
+
+        NOTE: whether every worker can read an absolute path (a shared
+        mount) is known only on the workers; a sheet whose image a worker
+        cannot read fails with the path in its error.
+        """
+        with self.database.connect() as conn:
+            rows = conn.execute(
+                "SELECT id, image_path FROM sheets WHERE id = ANY(%s)"
+                " AND image_path !~ '^(/|[A-Za-z]:[\\\\/]|\\\\\\\\)'"
+                " ORDER BY id LIMIT 5",
+                (list(request.sheet_ids),),
+            ).fetchall()
+        if rows:
+            shown = ", ".join(f"{r[0]} ({r[1]})" for r in rows)
+            raise ReprocessError(
+                f"Sheets {shown} have relative image paths, which cluster "
+                "workers cannot resolve. Re-import them with absolute paths "
+                "on a shared folder, or use the local engine."
+            )
 
     def history(self, task_id: str, after_id: int) -> list[dict[str, Any]]:
         return self._events.history(task_id, after_id)

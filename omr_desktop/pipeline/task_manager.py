@@ -246,6 +246,21 @@ class TaskManager:
                     task_id,
                 )
 
+    def set_engine(self, engine: ReprocessEngine) -> None:
+        """Run later tasks on ``engine``.
+
+        Raises:
+            TaskRequestError: a task is queued or running; its row names
+                the engine it was queued for.
+        """
+        with self._lock:
+            if self._active:
+                raise TaskRequestError(
+                    "The engine cannot change while a reprocess is queued or "
+                    "running. Wait for it to finish, then change the engine."
+                )
+            self.engine = engine
+
     # -- Listeners -------------------------------------------------------
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
