@@ -19,7 +19,12 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from omr_desktop import __version__, config
 from omr_desktop.db.database import Database
-from omr_desktop.gui.engine_setup import EngineSetup, close_engine, make_engine
+from omr_desktop.engine_setup import (
+    EngineSetup,
+    close_engine,
+    cluster_event_source,
+    make_engine,
+)
 from omr_desktop.gui.icons import icon, register_icon_search_path
 from omr_desktop.gui.reprocess_flow import ReprocessFlow
 from omr_desktop.gui.widgets.tasks_panel import TasksPanel
@@ -323,7 +328,12 @@ class EmbeddedHttpServer:
         origins = [
             o.strip() for o in os.environ.get(CORS_VARIABLE, "").split(",") if o.strip()
         ]
-        web_app = create_app(session.manager, token=token, cors_origins=origins)
+        web_app = create_app(
+            session.manager,
+            token=token,
+            cors_origins=origins,
+            cluster_events=cluster_event_source(session.manager.engine),
+        )
         try:
             runner, port = await start_server(web_app, self._host, self._port)
         except (ValueError, OSError) as exc:

@@ -13,8 +13,8 @@ from omr_desktop import config
 from omr_desktop.app import AppSession
 from omr_desktop.config import DatabaseChoice, EngineChoice
 from omr_desktop.db.database import Database
+from omr_desktop.engine_setup import make_engine
 from omr_desktop.gui.dialogs.engine_dialog import EngineDialog
-from omr_desktop.gui.engine_setup import make_engine
 from omr_desktop.gui.windows.main_window import MainWindow
 from omr_desktop.pipeline.task_manager import LocalEngine
 from tests.cluster.conftest import free_port, redis_url  # noqa: F401 - fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 from omr_desktop import config
 from omr_desktop.db.database import Database
@@ -70,3 +71,18 @@ def close_engine(engine: ReprocessEngine) -> None:
     close = getattr(engine, "close", None)
     if callable(close):
         close()
+
+
+def cluster_event_source(engine: ReprocessEngine) -> Any:
+    """Return the HTTP stream's Redis reader for a cluster engine, else None.
+
+    With it, the stream also follows cluster tasks that other processes
+    sent, whose events are only in Redis.
+    """
+    settings = getattr(engine, "settings", None)
+    broker_url = getattr(settings, "broker_url", None)
+    if broker_url is None:
+        return None
+    from omr_desktop.cluster.redis_stream import RedisEventSource
+
+    return RedisEventSource(str(broker_url))
