@@ -175,7 +175,7 @@ ENGINES = (ENGINE_LOCAL, ENGINE_CLUSTER)
 
 @dataclass(frozen=True)
 class EngineChoice:
-    """Where reprocess tasks run.
+    """The engine that reprocess tasks run on.
 
     Attributes:
         kind: ``"local"`` (this machine's threads) or ``"cluster"``.

@@ -3,7 +3,7 @@
 The choice is the ``engine`` setting: local threads, or the cluster at a
 broker URL. When the cluster cannot be used (no shared database, the
 cluster extra missing, the broker unreachable), the reason is returned
-with the local engine in its place, so the window can say why.
+with the local engine in its place, so the window can show it.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ logger = logging.getLogger(__name__)
 # and a task that ended without one.
 CHECK_INTERVAL_S = 2.0
 
-# Seconds without any event after which the log says that no worker has
-# taken the task, once.
+# Seconds without any event after which one warning is logged that no
+# worker has taken the task.
 NO_WORKER_WARNING_S = 30.0
 
 
@@ -56,7 +56,7 @@ def open_cluster_engine(broker_url: str | None, database: Database) -> ClusterEn
     Raises:
         ClusterConfigError: the database is the embedded one, which the
             workers cannot reach, or the broker URL is missing or invalid.
-        BrokerUnavailableError: the broker does not answer.
+        BrokerUnavailableError: the broker does not respond.
     """
     if database.choice.embedded:
         raise ClusterConfigError(

@@ -274,7 +274,7 @@ class RedisSink:
 
     @property
     def cancelled(self) -> bool:
-        # Read at most five times a second: the writer asks once per sheet.
+        # Read at most five times a second: the writer checks once per sheet.
         now = time.monotonic()
         if not self._cancelled and now - self._cancel_checked >= 0.2:
             self._cancel_checked = now

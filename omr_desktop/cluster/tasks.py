@@ -90,7 +90,7 @@ RESULT_WAIT_S = 2.0
 
 
 class ClusterTaskError(RuntimeError):
-    """A cluster task failed; the task's row and error event say why."""
+    """A cluster task failed; the task's row and error event record the reason."""
 
 
 # -- Per-process resources -------------------------------------------------
@@ -445,7 +445,7 @@ def write_results(
     with _task_lock(database, task_id):
         row = _task_row(database, task_id)
         if row.status == task_store.SUCCESS:
-            # Delivered again after it committed: the result stands.
+            # Delivered again after it committed, so the stored result is kept.
             return row.result
         if row.status == task_store.FAILURE:
             raise ClusterTaskError(row.error or "failed")

@@ -112,7 +112,7 @@ class TaskFailedElsewhereError(ReprocessError):
 
 
 class ReprocessEngine(Protocol):
-    """Where a queued task runs: this process's threads or a cluster."""
+    """The runner of queued tasks: this process's threads or a cluster."""
 
     def runner_identity(self) -> tuple[str, int | None]:
         """Return the (host, pid) recorded as the runner of new task rows."""

@@ -1,6 +1,6 @@
 """The stream of a task that cluster workers run, read from their Redis.
 
-Used for a task whose row says it runs on the cluster and whose events are
+Used for a task whose row marks it as a cluster task and whose events are
 not in this database (another process sent it, such as the web
 deployment). The Redis list has every event, numbered as the workers
 published them, so a client's ``Last-Event-ID`` picks up where it left off.
@@ -32,7 +32,7 @@ class ClusterSubscription(Protocol):
 
 
 class ClusterEventSource(Protocol):
-    """Where the stream reads cluster tasks' events (Redis, in production)."""
+    """A source of cluster tasks' events (Redis, in production)."""
 
     async def history(self, task_id: str, after_id: int) -> list[dict[str, Any]]:
         """Return the task's events after ``after_id``, in id order."""

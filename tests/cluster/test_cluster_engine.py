@@ -85,7 +85,7 @@ def test_unreachable_broker_fails_task_cleanly(
 ) -> None:
     database, dsn, ids = cluster_database
     before = result_rows(dsn)
-    # A loopback port nobody listens on.
+    # A loopback port with no listener.
     settings = ClusterSettings(f"redis://127.0.0.1:{free_port()}/0", 5.0, 1.0)
     engine = ClusterEngine(settings, database)
     manager = TaskManager(database, engine=engine)

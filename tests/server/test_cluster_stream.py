@@ -1,8 +1,8 @@
 """The stream of a cluster task, read from the cluster's Redis.
 
 The task is sent straight to Celery, as the web deployment sends it, and
-run by a real worker subprocess; this server's database holds its row but
-none of its events. A headless Chromium follows it with ``EventSource``,
+run by a real worker subprocess; this server's database contains its row
+but none of its events. A headless Chromium follows it with ``EventSource``,
 as it follows a local task, and a late client gets the whole history.
 """
 

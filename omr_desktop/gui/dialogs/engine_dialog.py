@@ -18,7 +18,7 @@ from omr_desktop import config
 
 
 class EngineDialog(QDialog):
-    """Ask where reprocess tasks run; ``choice()`` returns the answer."""
+    """Ask where reprocess tasks run; ``choice()`` returns the chosen engine."""
 
     def __init__(
         self, current: config.EngineChoice, parent: QWidget | None = None
