@@ -107,3 +107,31 @@ def test_unreachable_broker_fails_task_cleanly(
     assert "switch the engine to local threads" in row.error
     assert recorder.events[-1].event == ev.ERROR
     assert result_rows(dsn) == before
+
+
+def test_relative_image_path_is_rejected(
+    cluster_database: tuple[Database, str, list[int]],
+    cluster_settings: ClusterSettings,
+) -> None:
+    database, dsn, ids = cluster_database
+    with database.connect() as conn:
+        conn.execute(
+            "UPDATE sheets SET image_path = 'scans/1.png' WHERE id = %s", (ids[0],)
+        )
+        conn.commit()
+    engine = ClusterEngine(cluster_settings, database)
+    manager = TaskManager(database, engine=engine)
+    try:
+        task_id = manager.submit(ReprocessRequest(tuple(ids), 2))
+        assert manager.wait(task_id, TASK_TIMEOUT_S)
+    finally:
+        manager.shutdown()
+        engine.close()
+
+    with database.connect() as conn:
+        row = task_store.get_task(conn, task_id)
+    assert row is not None
+    assert row.status == task_store.FAILURE
+    assert row.error is not None
+    assert f"{ids[0]} (scans/1.png)" in row.error
+    assert "relative image paths" in row.error
