@@ -160,7 +160,10 @@ def start_worker(
     """Return a factory of worker subprocesses on a database; stopped after."""
     workers: list[Worker] = []
 
-    def start(dsn: str, concurrency: int = 2, pool: str = "threads") -> Worker:
+    def start(dsn: str, concurrency: int = 2, pool: str | None = None) -> Worker:
+        # Threads by default, so SIGKILL ends every task slot at once;
+        # OMR_TEST_WORKER_POOL=prefork runs the same tests on the default pool.
+        pool = pool or os.environ.get("OMR_TEST_WORKER_POOL") or "threads"
         name = f"test{len(workers) + 1}@{RUN_ID}"
         log_path = tmp_path / f"worker{len(workers) + 1}.log"
         env = dict(os.environ)
