@@ -18,15 +18,21 @@ from typing import Any
 from PySide6.QtCore import QCoreApplication, Qt, QThreadPool
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from omr_desktop import __version__
+from omr_desktop import __version__, config
 from omr_desktop.db.database import Database
+from omr_desktop.engine_setup import (
+    EngineSetup,
+    close_engine,
+    cluster_event_source,
+    make_engine,
+)
 from omr_desktop.gui.icons import icon, register_icon_search_path
 from omr_desktop.gui.reprocess_flow import ReprocessFlow
 from omr_desktop.gui.widgets.tasks_panel import TasksPanel
 from omr_desktop.gui.windows.main_window import MainWindow
 from omr_desktop.gui.workers.db_task import DbTask, DbTaskRunner
 from omr_desktop.gui.workers.qt_executor import QThreadPoolExecutor
-from omr_desktop.pipeline.task_manager import TaskManager
+from omr_desktop.pipeline.task_manager import TaskManager, TaskRequestError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +70,10 @@ class AppSession:
         self.window = window
         self.database = database
         self.executor = QThreadPoolExecutor(threads)
-        self.manager = TaskManager(database, self.executor, threads)
+        self._threads = threads
+        self.engine_message: QMessageBox | None = None
+        setup = self._make_engine(saved_engine_choice())
+        self.manager = TaskManager(database, engine=setup.engine)
         self.flow = ReprocessFlow(database, self.manager, window, parent=window)
         window.reprocess_requested.connect(self._on_window_reprocess_requested)
         self.tasks_panel = TasksPanel(window)
@@ -74,6 +83,7 @@ class AppSession:
         self.tasks_panel.set_database(database)
         self._init_menus()
         self._db_tasks = DbTaskRunner()
+        self._show_engine(setup)
 
     def _init_menus(self) -> None:
         menu_bar = self.window.menuBar()
@@ -81,10 +91,67 @@ class AppSession:
         undo = reprocess.addAction("&Undo last reprocess")
         undo.setShortcut("Ctrl+Shift+Z")
         undo.triggered.connect(self.undo_last_reprocess)
+        engine = reprocess.addAction("&Engine...")
+        engine.triggered.connect(self.change_engine)
         view = menu_bar.addMenu("&View")
         tasks = self.tasks_panel.toggleViewAction()
         tasks.setShortcut("Ctrl+T")
         view.addAction(tasks)
+
+    def _make_engine(self, choice: config.EngineChoice | str) -> EngineSetup:
+        if isinstance(choice, str):
+            # An invalid saved setting: run locally and say why.
+            local = config.EngineChoice(config.ENGINE_LOCAL, None)
+            setup = make_engine(local, self.database, self.executor, self._threads)
+            return EngineSetup(setup.engine, setup.description, choice)
+        return make_engine(choice, self.database, self.executor, self._threads)
+
+    def _show_engine(self, setup: EngineSetup) -> None:
+        self.window.statusBar().showMessage(
+            f"Reprocess engine: {setup.description}", 10_000
+        )
+        if setup.fallback_reason is None:
+            return
+        box = QMessageBox(
+            QMessageBox.Icon.Warning,
+            "Cluster engine unavailable",
+            f"{setup.fallback_reason}\n\nReprocesses run on this "
+            "workstation's threads (the local engine) until the cluster is "
+            "reachable. Reprocess > Engine... changes the engine.",
+            QMessageBox.StandardButton.Ok,
+            self.window,
+        )
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        # Non-blocking: the window stays usable with the local engine.
+        box.open()
+        self.engine_message = box
+
+    def change_engine(self) -> None:
+        """Ask for the engine, switch to it and save it as the setting."""
+        from omr_desktop.gui.dialogs.engine_dialog import EngineDialog
+
+        current = saved_engine_choice()
+        if isinstance(current, str):
+            current = config.EngineChoice(config.ENGINE_LOCAL, None)
+        dialog = EngineDialog(current, self.window)
+        if dialog.exec() != EngineDialog.DialogCode.Accepted:
+            return
+        self.apply_engine_choice(dialog.choice())
+
+    def apply_engine_choice(self, choice: config.EngineChoice) -> EngineSetup | None:
+        """Switch later tasks to ``choice`` and save it; None if a task is active."""
+        setup = self._make_engine(choice)
+        previous = self.manager.engine
+        try:
+            self.manager.set_engine(setup.engine)
+        except TaskRequestError as exc:
+            close_engine(setup.engine)
+            QMessageBox.warning(self.window, "Reprocess engine", str(exc))
+            return None
+        close_engine(previous)
+        config.save_engine_choice(choice)
+        self._show_engine(setup)
+        return setup
 
     def undo_last_reprocess(self) -> None:
         """Undo the newest reprocess that succeeded and is not undone yet."""
@@ -126,7 +193,16 @@ class AppSession:
         """Cancel running tasks and wait for their threads; safe to call twice."""
         self.flow.close()
         self.manager.shutdown(cancel=True)
+        close_engine(self.manager.engine)
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def saved_engine_choice() -> config.EngineChoice | str:
+    """Return the engine setting, or the reason it is invalid."""
+    try:
+        return config.engine_choice()
+    except config.ConfigError as exc:
+        return str(exc)
 
 
 def detection_threads() -> int:
@@ -267,7 +343,12 @@ class EmbeddedHttpServer:
         origins = [
             o.strip() for o in os.environ.get(CORS_VARIABLE, "").split(",") if o.strip()
         ]
-        web_app = create_app(session.manager, token=token, cors_origins=origins)
+        web_app = create_app(
+            session.manager,
+            token=token,
+            cors_origins=origins,
+            cluster_events=cluster_event_source(session.manager.engine),
+        )
         try:
             runner, port = await start_server(web_app, self._host, self._port)
         except (ValueError, OSError) as exc:

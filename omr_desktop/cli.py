@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     from omr_desktop import cli_serve
 
     cli_serve.add_serve_command(commands)
+    from omr_desktop import cli_worker
+
+    cli_worker.add_worker_command(commands)
     _add_engine_commands(commands)
     return parser
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -27,7 +28,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from omr_desktop import config
 from omr_desktop.db.database import Database
+from omr_desktop.engine_setup import (
+    EngineSetup,
+    close_engine,
+    cluster_event_source,
+    make_engine,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -179,11 +187,17 @@ async def _serve(settings: _Settings) -> int:
     manager: TaskManager | None = None
     runner = None
     try:
+        setup = await loop.run_in_executor(
+            None, _engine_setup, database, executor, settings.workers
+        )
         manager = await loop.run_in_executor(
-            None, TaskManager, database, executor, settings.workers
+            None, functools.partial(TaskManager, database, engine=setup.engine)
         )
         app = create_app(
-            manager, token=settings.token, cors_origins=settings.cors_origins
+            manager,
+            token=settings.token,
+            cors_origins=settings.cors_origins,
+            cluster_events=cluster_event_source(setup.engine),
         )
         runner, port = await start_server(app, settings.host, settings.port)
         print(
@@ -199,10 +213,30 @@ async def _serve(settings: _Settings) -> int:
         if manager is not None:
             # Cancels queued and running tasks; a running one rolls back.
             await loop.run_in_executor(None, manager.shutdown)
+            close_engine(manager.engine)
         executor.shutdown(wait=True, cancel_futures=True)
         database.close()
     logger.info("Server stopped")
     return EXIT_OK
+
+
+def _engine_setup(
+    database: Database, executor: ThreadPoolExecutor, workers: int
+) -> EngineSetup:
+    """Build the engine of the engine setting; fall back to local with a warning."""
+    try:
+        choice = config.engine_choice()
+    except config.ConfigError as exc:
+        logger.warning("%s Serving with the local engine.", exc)
+        choice = config.EngineChoice(config.ENGINE_LOCAL, None)
+    setup = make_engine(choice, database, executor, workers)
+    if setup.fallback_reason is not None:
+        print(
+            f"warning: {setup.fallback_reason} Serving with the local engine.",
+            file=sys.stderr,
+        )
+    logger.info("Reprocess engine: %s", setup.description)
+    return setup
 
 
 def _url_host(host: str) -> str:

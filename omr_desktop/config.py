@@ -16,6 +16,12 @@ configuration table and the code cannot drift apart:
 ``OMR_PG_BINDIR``
     A folder holding ``initdb``, ``pg_ctl`` and ``postgres`` for the
     embedded database, overriding the search.
+``OMR_ENGINE``
+    ``local`` (this machine's threads) or ``cluster`` (Celery workers),
+    overriding the saved ``engine`` setting; default ``local``.
+``OMR_BROKER_URL``
+    The cluster's Redis URL, overriding the saved ``broker_url`` setting.
+    ``omr_desktop/cluster/settings.py`` lists the cluster's other variables.
 """
 
 from __future__ import annotations
@@ -160,3 +166,46 @@ def log_level_name(cli_value: str | None) -> str:
             "(from --log-level or OMR_LOG_LEVEL)."
         )
     return name
+
+
+ENGINE_LOCAL = "local"
+ENGINE_CLUSTER = "cluster"
+ENGINES = (ENGINE_LOCAL, ENGINE_CLUSTER)
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine that reprocess tasks run on.
+
+    Attributes:
+        kind: ``"local"`` (this machine's threads) or ``"cluster"``.
+        broker_url: the cluster's Redis URL, or ``None``.
+    """
+
+    kind: str
+    broker_url: str | None
+
+
+def engine_choice() -> EngineChoice:
+    """Read the engine: environment, then saved settings, else local.
+
+    Raises:
+        ConfigError: the engine name is neither local nor cluster.
+    """
+    saved = load_saved_settings()
+    kind = (os.environ.get("OMR_ENGINE") or str(saved.get("engine") or "")).strip()
+    kind = kind.lower() or ENGINE_LOCAL
+    if kind not in ENGINES:
+        raise ConfigError(
+            f"Invalid engine {kind!r} (from OMR_ENGINE or the engine setting): "
+            "use 'local' or 'cluster'."
+        )
+    broker = os.environ.get("OMR_BROKER_URL") or saved.get("broker_url")
+    broker_url = str(broker).strip() if broker else None
+    return EngineChoice(kind, broker_url or None)
+
+
+def save_engine_choice(choice: EngineChoice) -> None:
+    """Store the engine and broker URL in the settings file."""
+    save_setting("engine", choice.kind)
+    save_setting("broker_url", choice.broker_url)

@@ -78,20 +78,37 @@ def lock_sheets(
     Raises:
         SheetsBusyError: some sheets are locked by another transaction.
     """
-    fills = "s.fills" if with_fills else "NULL::real[]"
     try:
-        rows = conn.execute(
-            "SELECT s.id, s.image_path, b.template_id, s.measurement_hash, "
-            + fills
-            + " FROM sheets s JOIN batches b ON b.id = s.batch_id"
-            " WHERE s.id = ANY(%s) ORDER BY s.id FOR UPDATE OF s NOWAIT",
-            (sheet_ids,),
-        ).fetchall()
+        return _select_sheets(conn, sheet_ids, with_fills, " FOR UPDATE OF s NOWAIT")
     except psycopg.errors.LockNotAvailable as exc:
         raise SheetsBusyError(
             "Some of the selected sheets are being changed by another task or "
             "editor. Wait for it to finish, then start this reprocess again."
         ) from exc
+
+
+def read_sheets(
+    conn: psycopg.Connection, sheet_ids: list[int], with_fills: bool = False
+) -> list[SheetRow]:
+    """Return the sheets' rows in id order without locking them.
+
+    For detection outside the writing transaction (the cluster's chunk
+    workers); the transaction that writes the results locks the rows.
+    """
+    return _select_sheets(conn, sheet_ids, with_fills, "")
+
+
+def _select_sheets(
+    conn: psycopg.Connection, sheet_ids: list[int], with_fills: bool, lock: str
+) -> list[SheetRow]:
+    fills = "s.fills" if with_fills else "NULL::real[]"
+    rows = conn.execute(
+        "SELECT s.id, s.image_path, b.template_id, s.measurement_hash, "
+        + fills
+        + " FROM sheets s JOIN batches b ON b.id = s.batch_id"
+        " WHERE s.id = ANY(%s) ORDER BY s.id" + lock,
+        (sheet_ids,),
+    ).fetchall()
     return [SheetRow(int(r[0]), str(r[1]), int(r[2]), r[3], r[4]) for r in rows]
 
 

@@ -18,6 +18,11 @@ SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
 STATUSES = (PENDING, STARTED, SUCCESS, FAILURE)
 
+# The runner_host of tasks that cluster workers run. It is no host name, so
+# mark_interrupted never fails them: the process that queued a cluster task
+# may exit while the workers finish it.
+CLUSTER_RUNNER = "(cluster)"
+
 
 @dataclass(frozen=True)
 class TaskRow:
@@ -33,6 +38,12 @@ class TaskRow:
     result: dict[str, Any]
     error: str | None
     options: dict[str, Any]
+    runner_host: str | None = None
+
+    @property
+    def on_cluster(self) -> bool:
+        """True for a task that cluster workers run."""
+        return self.runner_host == CLUSTER_RUNNER
 
 
 @dataclass(frozen=True)
@@ -55,13 +66,27 @@ def create_task(
     profile_id: int,
     sheet_ids: list[int],
     options: dict[str, Any],
-) -> None:
-    host, pid = runner_identity()
-    conn.execute(
+    runner: tuple[str, int | None] | None = None,
+    *,
+    if_missing: bool = False,
+) -> bool:
+    """Insert a PENDING task row; return False if ``if_missing`` found one.
+
+    Args:
+        runner: the (host, pid) recorded as the task's runner; this
+            process's by default. ``mark_interrupted`` fails only tasks of
+            dead processes on this host.
+        if_missing: leave an existing row of ``task_id`` as it is.
+    """
+    host, pid = runner or runner_identity()
+    conflict = " ON CONFLICT (task_id) DO NOTHING" if if_missing else ""
+    cursor = conn.execute(
         "INSERT INTO reprocess_tasks (task_id, status, profile_id, sheet_ids,"
-        " runner_host, runner_pid, options) VALUES (%s, 'PENDING', %s, %s, %s, %s, %s)",
+        " runner_host, runner_pid, options) VALUES (%s, 'PENDING', %s, %s, %s, %s, %s)"
+        + conflict,
         (task_id, profile_id, sheet_ids, host, pid, Jsonb(options)),
     )
+    return cursor.rowcount == 1
 
 
 def mark_started(conn: psycopg.Connection, task_id: str) -> None:
@@ -92,10 +117,28 @@ def mark_failed(
     )
 
 
+def fail_if_unfinished(
+    conn: psycopg.Connection, task_id: str, reason: str, result: dict[str, Any]
+) -> bool:
+    """Mark a PENDING or STARTED task FAILURE; return False if it had ended.
+
+    Several cluster workers may see one task fail; only the first one to
+    mark it publishes the error event.
+    """
+    cursor = conn.execute(
+        "UPDATE reprocess_tasks SET status = 'FAILURE', finished_at = now(),"
+        " result = %s, error = %s"
+        " WHERE task_id = %s AND status IN ('PENDING', 'STARTED')",
+        (Jsonb(result), reason, task_id),
+    )
+    return cursor.rowcount == 1
+
+
 def get_task(conn: psycopg.Connection, task_id: str) -> TaskRow | None:
     row = conn.execute(
         "SELECT task_id::text, status, profile_id, sheet_ids, created_at, started_at,"
-        " finished_at, result, error, options FROM reprocess_tasks WHERE task_id = %s",
+        " finished_at, result, error, options, runner_host FROM reprocess_tasks"
+        " WHERE task_id = %s",
         (task_id,),
     ).fetchone()
     return None if row is None else TaskRow(*row)
@@ -104,7 +147,7 @@ def get_task(conn: psycopg.Connection, task_id: str) -> TaskRow | None:
 def recent_tasks(conn: psycopg.Connection, limit: int = 50) -> list[TaskRow]:
     rows = conn.execute(
         "SELECT task_id::text, status, profile_id, sheet_ids, created_at, started_at,"
-        " finished_at, result, error, options FROM reprocess_tasks"
+        " finished_at, result, error, options, runner_host FROM reprocess_tasks"
         " ORDER BY created_at DESC LIMIT %s",
         (limit,),
     ).fetchall()

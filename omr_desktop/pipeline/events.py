@@ -17,6 +17,7 @@ end event at 100 %:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 LOADING_SHEETS = "Loading Sheets"
@@ -105,6 +106,35 @@ class ProgressEvent:
         if data["result"] is None:
             del data["result"]
         return data
+
+
+def error_event(
+    task_id: str,
+    reason: str,
+    total: int,
+    last: ProgressEvent | None,
+    result: dict[str, Any] | None = None,
+) -> ProgressEvent:
+    """Build a failed task's ``error`` event.
+
+    The counts and elapsed time are those of ``last``, the last event sent,
+    so a client sees how far the task got.
+    """
+    return ProgressEvent(
+        task_id=task_id,
+        event=ERROR,
+        stage=FAILED,
+        message=f"Reprocess failed: {reason}",
+        progress_percentage=0.0,
+        overall_percentage=0.0,
+        processed=last.processed if last else 0,
+        total=total,
+        failed=last.failed if last else 0,
+        timestamp=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        elapsed_s=last.elapsed_s if last else 0.0,
+        status="FAILURE",
+        result={"reason": reason, **(result or {})},
+    )
 
 
 class ProgressSink(Protocol):

@@ -8,8 +8,11 @@ If any step fails, or the task is cancelled, the transaction rolls back and
 the database holds exactly what it held before. The ``complete`` event is
 published only after the commit.
 
-No Qt here: the GUI, the CLI and the HTTP server pass in their own executor
-(a QThreadPool or a thread pool) and progress sink.
+No Qt here: the GUI, the CLI and the HTTP server pass in a detection source
+and a progress sink. ``LocalDetection`` detects on an executor they own (a
+QThreadPool or a thread pool) while the writer streams the rows; the
+cluster's final step passes ``PrecomputedDetections``, the readings its
+chunk workers made before the transaction began.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import psycopg
@@ -99,6 +102,9 @@ class _Run:
     request: ReprocessRequest
     sink: ProgressSink
     started: float = field(default_factory=time.monotonic)
+    # Set when the sheets were loaded and detected before this run, by
+    # workers that sent the Loading Sheets and per-sheet progress events.
+    detected_elsewhere: bool = False
     total: int = 0
     processed: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
@@ -166,14 +172,16 @@ class _Run:
 
 
 @dataclass(frozen=True)
-class _Job:
+class SheetJob:
+    """One sheet to detect, with the template it was scanned on."""
+
     sheet: SheetRow
     template: Template
 
 
 @dataclass(frozen=True)
-class _Encoded:
-    """One sheet's COPY rows, encoded on the worker thread."""
+class EncodedSheet:
+    """One sheet's COPY rows, encoded on the thread that detected it."""
 
     sheet_id: int
     answers: bytes
@@ -181,22 +189,121 @@ class _Encoded:
     answer_count: int
 
 
+# What a detection gives the writer: the sheet's COPY rows, or why it failed.
+Outcome = EncodedSheet | str
+
+
+class DetectionSource(Protocol):
+    """Where the writer gets each sheet's detection from, in job order."""
+
+    @property
+    def detected_elsewhere(self) -> bool:
+        """True when the detections were made, and reported, before the run."""
+        ...
+
+    def dispatch_message(self, sheets: int, mode: str) -> str | None:
+        """Return the Processing Sheets start message; None to send none."""
+        ...
+
+    def outcomes(
+        self,
+        jobs: list[SheetJob],
+        settings: ProfileSettings,
+        redecide: bool,
+        check_cancelled: Callable[[], None],
+    ) -> Iterator[tuple[SheetJob, Outcome]]: ...
+
+
+class LocalDetection:
+    """Detect on ``executor`` while the writer streams the finished sheets.
+
+    Args:
+        workers: threads of ``executor``, which sizes the in-flight window.
+    """
+
+    detected_elsewhere = False
+
+    def __init__(self, executor: Executor, workers: int) -> None:
+        self.executor = executor
+        self.workers = workers
+
+    def dispatch_message(self, sheets: int, mode: str) -> str | None:
+        return f"Dispatching {sheets} tasks to {self.workers} workers ({mode})"
+
+    def outcomes(
+        self,
+        jobs: list[SheetJob],
+        settings: ProfileSettings,
+        redecide: bool,
+        check_cancelled: Callable[[], None],
+    ) -> Iterator[tuple[SheetJob, Outcome]]:
+        work = _redecide_one if redecide else _detect_one
+        return _in_order(
+            jobs, work, settings, self.executor, self.workers, check_cancelled
+        )
+
+
+class PrecomputedDetections:
+    """Readings made before the run, such as the cluster's chunk results.
+
+    Args:
+        readings: sheet id to its reading, or to the reason it failed.
+            A sheet missing from it fails with "not detected".
+    """
+
+    detected_elsewhere = True
+
+    def __init__(self, readings: Mapping[int, SheetReading | str]) -> None:
+        self.readings = readings
+
+    def dispatch_message(self, sheets: int, mode: str) -> str | None:
+        # The workers announced the dispatch when they started.
+        return None
+
+    def outcomes(
+        self,
+        jobs: list[SheetJob],
+        settings: ProfileSettings,
+        redecide: bool,
+        check_cancelled: Callable[[], None],
+    ) -> Iterator[tuple[SheetJob, Outcome]]:
+        for job in jobs:
+            check_cancelled()
+            reading = self.readings.get(job.sheet.id, "not detected")
+            if isinstance(reading, str):
+                yield job, reading
+            else:
+                yield job, _encode(job.sheet.id, reading)
+
+
 def run_reprocess(
     database: Database,
     task_id: str,
     request: ReprocessRequest,
-    executor: Executor,
-    workers: int,
+    source: DetectionSource,
     sink: ProgressSink,
+    *,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Run the task to the commit and return its result.
+
+    Args:
+        started: ``time.monotonic()`` at the task's start, when it began
+            before this call (elsewhere); elapsed times count from it.
 
     Raises:
         TaskCancelledError: cancelled between sheets (nothing written).
         ReprocessError: no sheet could be read, or the profile cannot be used.
         psycopg.Error: a database step failed (nothing written).
     """
-    run = _Run(task_id, request, sink, total=len(request.sheet_ids))
+    run = _Run(
+        task_id,
+        request,
+        sink,
+        started=time.monotonic() if started is None else started,
+        total=len(request.sheet_ids),
+        detected_elsewhere=source.detected_elsewhere,
+    )
     with database.connect() as conn:
         # The workers encode COPY text as UTF-8; the server converts it to
         # the database's own encoding, and fails the task where it cannot.
@@ -211,7 +318,7 @@ def run_reprocess(
         with conn.transaction():
             jobs, settings = _load_sheets(conn, run)
             reprocess_store.create_staging(conn)
-            _process_sheets(conn, run, jobs, settings, executor, workers)
+            _process_sheets(conn, run, jobs, settings, source)
             _collect_results(run)
             counts = _load_to_database(conn, run)
             score_changes = _recalculate_scores(conn, run)
@@ -249,24 +356,54 @@ def _completed_message(result: dict[str, Any]) -> str:
 
 def _load_sheets(
     conn: psycopg.Connection, run: _Run
-) -> tuple[list[_Job], ProfileSettings]:
+) -> tuple[list[SheetJob], ProfileSettings]:
     started = time.monotonic()
-    run.emit(ev.LOADING_SHEETS, f"Loading {run.total} sheets", 0)
+    if not run.detected_elsewhere:
+        run.emit(ev.LOADING_SHEETS, f"Loading {run.total} sheets", 0)
     settings = load_profile_settings(conn, run.request.profile_id)
     rows = reprocess_store.lock_sheets(
         conn, list(run.request.sheet_ids), with_fills=run.request.redecide
     )
-    missing = sorted(set(run.request.sheet_ids) - {r.id for r in rows})
+    jobs = jobs_for_rows(conn, run.request, rows, settings)
+    run.stage_times[ev.LOADING_SHEETS] = time.monotonic() - started
+    if not run.detected_elsewhere:
+        run.emit(ev.LOADING_SHEETS, f"Loaded {len(jobs)} sheets", 100)
+    return jobs, settings
+
+
+def load_jobs(
+    conn: psycopg.Connection, request: ReprocessRequest, settings: ProfileSettings
+) -> list[SheetJob]:
+    """Read the request's sheets without locking them, for detection elsewhere.
+
+    Raises:
+        ReprocessError: unknown sheet ids, or a re-decide without usable fills.
+    """
+    rows = reprocess_store.read_sheets(
+        conn, list(request.sheet_ids), with_fills=request.redecide
+    )
+    return jobs_for_rows(conn, request, rows, settings)
+
+
+def jobs_for_rows(
+    conn: psycopg.Connection,
+    request: ReprocessRequest,
+    rows: Sequence[SheetRow],
+    settings: ProfileSettings,
+) -> list[SheetJob]:
+    """Pair each sheet row with its template, in the rows' order.
+
+    Raises:
+        ReprocessError: unknown sheet ids, or a re-decide without usable fills.
+    """
+    missing = sorted(set(request.sheet_ids) - {r.id for r in rows})
     if missing:
         raise ReprocessError(f"Unknown sheet ids: {_ids(missing)}.")
     layouts = reprocess_store.load_layouts(conn, {r.template_id for r in rows})
     templates = {tid: Template.from_dict(layout) for tid, layout in layouts.items()}
-    if run.request.redecide:
+    if request.redecide:
         _check_redecide(rows, settings)
-    jobs = [_Job(row, templates[row.template_id]) for row in rows]
-    run.stage_times[ev.LOADING_SHEETS] = time.monotonic() - started
-    run.emit(ev.LOADING_SHEETS, f"Loaded {len(jobs)} sheets", 100)
-    return jobs, settings
+    return [SheetJob(row, templates[row.template_id]) for row in rows]
 
 
 def load_profile_settings(conn: psycopg.Connection, profile_id: int) -> ProfileSettings:
@@ -308,23 +445,22 @@ def _ids(ids: Sequence[int], limit: int = 20) -> str:
 def _process_sheets(
     conn: psycopg.Connection,
     run: _Run,
-    jobs: list[_Job],
+    jobs: list[SheetJob],
     settings: ProfileSettings,
-    executor: Executor,
-    workers: int,
+    source: DetectionSource,
 ) -> None:
     started = time.monotonic()
     mode = "re-deciding stored fills" if run.request.redecide else "detecting"
-    run.emit(
-        ev.PROCESSING_SHEETS,
-        f"Dispatching {len(jobs)} tasks to {workers} workers ({mode})",
-        0,
+    message = source.dispatch_message(len(jobs), mode)
+    if message is not None:
+        run.emit(ev.PROCESSING_SHEETS, message, 0)
+    outcomes = source.outcomes(
+        jobs, settings, run.request.redecide, run.check_cancelled
     )
-    work = _redecide_one if run.request.redecide else _detect_one
-    chunk: list[_Encoded] = []
-    for job, outcome in _in_order(jobs, work, settings, executor, workers, run):
+    chunk: list[EncodedSheet] = []
+    for job, outcome in outcomes:
         run.processed += 1
-        if isinstance(outcome, _Encoded):
+        if isinstance(outcome, EncodedSheet):
             chunk.append(outcome)
             run.answers_written += outcome.answer_count
         else:
@@ -332,7 +468,9 @@ def _process_sheets(
         if len(chunk) >= CHUNK_SHEETS:
             _send(conn, run, chunk)
             chunk = []
-        if run.due() or run.processed == run.total:
+        # Workers that detected elsewhere reported these counts already; a
+        # second count from zero would move the client's bar backwards.
+        if not run.detected_elsewhere and (run.due() or run.processed == run.total):
             percent = 100.0 * run.processed / max(run.total, 1)
             run.emit(
                 ev.PROCESSING_SHEETS,
@@ -354,24 +492,46 @@ def _process_sheets(
         )
 
 
-def _detect_one(job: _Job, settings: ProfileSettings) -> _Encoded:
-    reading = read_sheet(Path(job.sheet.image_path), job.template, settings)
-    return _encode(job.sheet.id, reading)
+def detect_reading(
+    job: SheetJob, settings: ProfileSettings, redecide: bool
+) -> SheetReading | str:
+    """Detect (or re-decide) one sheet; return its reading or why it failed.
+
+    A sheet that fails (an unreadable image, a size that does not fit the
+    template) fails alone, as in the local pipeline; other errors raise.
+    """
+    work = _redecide_reading if redecide else _detect_reading
+    try:
+        return work(job, settings)
+    except (SheetImageError, ValueError, OSError) as exc:
+        return _sheet_failure(job, exc)
 
 
-def _redecide_one(job: _Job, settings: ProfileSettings) -> _Encoded:
+def _detect_reading(job: SheetJob, settings: ProfileSettings) -> SheetReading:
+    return read_sheet(Path(job.sheet.image_path), job.template, settings)
+
+
+def _redecide_reading(job: SheetJob, settings: ProfileSettings) -> SheetReading:
     fills = np.asarray(job.sheet.fills, dtype=np.float32)
     reading = decide(fills, job.template, settings.decision)
     stored = job.sheet.measurement_hash or ""
-    return _encode(job.sheet.id, _with_hash(reading, stored))
+    return _with_hash(reading, stored)
+
+
+def _detect_one(job: SheetJob, settings: ProfileSettings) -> EncodedSheet:
+    return _encode(job.sheet.id, _detect_reading(job, settings))
+
+
+def _redecide_one(job: SheetJob, settings: ProfileSettings) -> EncodedSheet:
+    return _encode(job.sheet.id, _redecide_reading(job, settings))
 
 
 def _with_hash(reading: SheetReading, value: str) -> SheetReading:
     return dataclasses.replace(reading, measurement_hash=value)
 
 
-def _encode(sheet_id: int, reading: SheetReading) -> _Encoded:
-    return _Encoded(
+def _encode(sheet_id: int, reading: SheetReading) -> EncodedSheet:
+    return EncodedSheet(
         sheet_id,
         encode_answers(sheet_id, reading.answers),
         encode_sheet(sheet_id, reading),
@@ -380,20 +540,20 @@ def _encode(sheet_id: int, reading: SheetReading) -> _Encoded:
 
 
 def _in_order(
-    jobs: list[_Job],
+    jobs: list[SheetJob],
     work: Any,
     settings: ProfileSettings,
     executor: Executor,
     workers: int,
-    run: _Run,
-) -> Iterator[tuple[_Job, _Encoded | str]]:
+    check_cancelled: Callable[[], None],
+) -> Iterator[tuple[SheetJob, Outcome]]:
     """Yield each job with its encoded rows or its error, checking for cancel."""
-    window: deque[tuple[_Job, Future[_Encoded]]] = deque()
+    window: deque[tuple[SheetJob, Future[EncodedSheet]]] = deque()
     limit = max(1, workers) * IN_FLIGHT_PER_WORKER
     pending = iter(jobs)
     try:
         while True:
-            run.check_cancelled()
+            check_cancelled()
             while len(window) < limit:
                 job = next(pending, None)
                 if job is None:
@@ -408,22 +568,25 @@ def _in_order(
             future.cancel()
 
 
-def _outcome(job: _Job, future: Future[_Encoded]) -> _Encoded | str:
+def _outcome(job: SheetJob, future: Future[EncodedSheet]) -> Outcome:
     try:
         return future.result()
-    except SheetImageError as exc:
-        logger.warning("Sheet %d not reprocessed: %s", job.sheet.id, exc)
-        return str(exc)
     except CancelledError:
         return "cancelled"
-    except (ValueError, OSError) as exc:
-        # An image whose size does not fit the template, or an unreadable
-        # file, fails its sheet only.
-        logger.warning("Sheet %d not reprocessed: %s", job.sheet.id, exc)
-        return f"{type(exc).__name__}: {exc}"
+    except (SheetImageError, ValueError, OSError) as exc:
+        return _sheet_failure(job, exc)
 
 
-def _send(conn: psycopg.Connection, run: _Run, chunk: list[_Encoded]) -> None:
+def _sheet_failure(job: SheetJob, exc: Exception) -> str:
+    # An image whose size does not fit the template, or an unreadable
+    # file, fails its sheet only.
+    logger.warning("Sheet %d not reprocessed: %s", job.sheet.id, exc)
+    if isinstance(exc, SheetImageError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _send(conn: psycopg.Connection, run: _Run, chunk: list[EncodedSheet]) -> None:
     if not chunk:
         return
     answers = b"".join(e.answers for e in chunk)

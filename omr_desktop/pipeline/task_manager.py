@@ -19,8 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -32,8 +31,9 @@ from omr_desktop.db.reprocess_store import (
     busy_tasks,
 )
 from omr_desktop.pipeline import events as ev
-from omr_desktop.pipeline.events import ProgressEvent
+from omr_desktop.pipeline.events import ProgressEvent, ProgressSink
 from omr_desktop.pipeline.reprocess import (
+    LocalDetection,
     ReprocessError,
     ReprocessRequest,
     TaskCancelledError,
@@ -111,6 +111,52 @@ class TaskConflictError(TaskRequestError):
         self.sheet_ids = list(sheet_ids)
 
 
+class TaskFailedElsewhereError(ReprocessError):
+    """The task failed where it ran, which stored its FAILURE and error event."""
+
+
+class ReprocessEngine(Protocol):
+    """The runner of queued tasks: this process's threads or a cluster."""
+
+    def runner_identity(self) -> tuple[str, int | None]:
+        """Return the (host, pid) recorded as the runner of new task rows."""
+        ...
+
+    def run(
+        self, task_id: str, request: ReprocessRequest, sink: ProgressSink
+    ) -> dict[str, Any]:
+        """Run the task to its end and return its result.
+
+        Raises the exceptions of ``run_reprocess``, and
+        TaskFailedElsewhereError when the failure was recorded already.
+        """
+        ...
+
+
+class LocalEngine:
+    """Run tasks in this process: detect on ``executor``, write on the runner.
+
+    Args:
+        workers: how many threads the executor runs, for the in-flight window.
+    """
+
+    def __init__(self, database: Database, executor: Executor, workers: int) -> None:
+        self.database = database
+        self.executor = executor
+        self.workers = workers
+
+    def runner_identity(self) -> tuple[str, int | None]:
+        return task_store.runner_identity()
+
+    def run(
+        self, task_id: str, request: ReprocessRequest, sink: ProgressSink
+    ) -> dict[str, Any]:
+        with self.database.connect(autocommit=True) as conn:
+            task_store.mark_started(conn, task_id)
+        source = LocalDetection(self.executor, self.workers)
+        return run_reprocess(self.database, task_id, request, source, sink)
+
+
 @dataclass
 class _Active:
     task_id: str
@@ -170,12 +216,24 @@ class TaskManager:
         executor: where sheets are detected (a QThreadPool adapter in the
             GUI, a thread pool elsewhere); the manager does not shut it down.
         workers: how many threads the executor runs, for the in-flight window.
+        engine: where tasks run, in place of ``executor`` and ``workers``
+            (a cluster engine, for example).
     """
 
-    def __init__(self, database: Database, executor: Executor, workers: int) -> None:
+    def __init__(
+        self,
+        database: Database,
+        executor: Executor | None = None,
+        workers: int = 0,
+        *,
+        engine: ReprocessEngine | None = None,
+    ) -> None:
+        if engine is None:
+            if executor is None:
+                raise ValueError("TaskManager needs an executor or an engine")
+            engine = LocalEngine(database, executor, workers)
         self.database = database
-        self._executor = executor
-        self._workers = workers
+        self.engine = engine
         self._runner = ThreadPoolExecutor(1, thread_name_prefix="reprocess-runner")
         self._lock = threading.Lock()
         self._active: dict[str, _Active] = {}
@@ -191,6 +249,21 @@ class TaskManager:
                     "died; marked FAILURE (interrupted)",
                     task_id,
                 )
+
+    def set_engine(self, engine: ReprocessEngine) -> None:
+        """Run later tasks on ``engine``.
+
+        Raises:
+            TaskRequestError: a task is queued or running; its row names
+                the engine it was queued for.
+        """
+        with self._lock:
+            if self._active:
+                raise TaskRequestError(
+                    "The engine cannot change while a reprocess is queued or "
+                    "running. Wait for it to finish, then change the engine."
+                )
+            self.engine = engine
 
     # -- Listeners -------------------------------------------------------
 
@@ -238,6 +311,7 @@ class TaskManager:
                     request.profile_id,
                     list(request.sheet_ids),
                     request.options(),
+                    self.engine.runner_identity(),
                 )
             self._active[task_id] = active
         logger.info(
@@ -343,19 +417,12 @@ class TaskManager:
         if active.cancel_requested:
             self._fail(sink, active, "cancelled", {})
             return
-        with self.database.connect(autocommit=True) as conn:
-            task_store.mark_started(conn, task_id)
         active.started = True
         logger.info("Task %s started", task_id)
         try:
-            result = run_reprocess(
-                self.database,
-                task_id,
-                active.request,
-                self._executor,
-                self._workers,
-                sink,
-            )
+            result = self.engine.run(task_id, active.request, sink)
+        except TaskFailedElsewhereError as exc:
+            logger.warning("Task %s failed: %s", task_id, exc)
         except TaskCancelledError:
             self._fail(sink, active, "cancelled", {})
         except (ReprocessError, SheetsBusyError, ConcurrentChangeError) as exc:
@@ -397,25 +464,9 @@ class TaskManager:
         with self.database.connect(autocommit=True) as conn:
             task_store.mark_failed(conn, active.task_id, reason, result)
         logger.warning("Task %s failed: %s", active.task_id, reason)
-        # The counts and elapsed time are those of the last event sent, so a
-        # client sees how far the task got.
-        last = sink.last_event
+        total = len(active.request.sheet_ids)
         sink.report(
-            ProgressEvent(
-                task_id=active.task_id,
-                event=ev.ERROR,
-                stage=ev.FAILED,
-                message=f"Reprocess failed: {reason}",
-                progress_percentage=0.0,
-                overall_percentage=0.0,
-                processed=last.processed if last else 0,
-                total=len(active.request.sheet_ids),
-                failed=last.failed if last else 0,
-                timestamp=datetime.now(UTC).isoformat(timespec="milliseconds"),
-                elapsed_s=last.elapsed_s if last else 0.0,
-                status=task_store.FAILURE,
-                result={"reason": reason, **result},
-            )
+            ev.error_event(active.task_id, reason, total, sink.last_event, result)
         )
 
 

@@ -21,6 +21,7 @@ from omr_desktop.pipeline.task_manager import TaskManager
 from omr_desktop.server import routes
 from omr_desktop.server.access_log import PathOnlyAccessLogger
 from omr_desktop.server.auth import auth_middleware
+from omr_desktop.server.cluster_stream import CLUSTER_EVENTS, ClusterEventSource
 from omr_desktop.server.cors import add_cors_headers, cors_preflight_middleware
 from omr_desktop.server.db_calls import CONNECTIONS, ConnectionCache
 from omr_desktop.server.errors import error_middleware
@@ -67,6 +68,7 @@ def create_app(
     heartbeat_s: float = HEARTBEAT_S,
     poll_interval_s: float = POLL_INTERVAL_S,
     retry_ms: int = RETRY_MS,
+    cluster_events: ClusterEventSource | None = None,
 ) -> web.Application:
     """Build the application over ``manager``, the GUI's or the command's queue.
 
@@ -81,6 +83,9 @@ def create_app(
         poll_interval_s: how often a stream reads the database for a task
             another process runs.
         retry_ms: the reconnect delay a stream suggests to the browser.
+        cluster_events: where the stream reads the events of cluster tasks
+            this database has none of (the cluster's Redis); the server
+            closes it on cleanup.
     """
     app = web.Application(
         middlewares=[cors_preflight_middleware, error_middleware, auth_middleware],
@@ -95,6 +100,8 @@ def create_app(
         retry_ms=retry_ms,
     )
     app[HUB] = EventHub(manager)
+    if cluster_events is not None:
+        app[CLUSTER_EVENTS] = cluster_events
     # Threads start on first use, so an app that is never started has none.
     app[DB_EXECUTOR] = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="http-db")
     app[CONNECTIONS] = ConnectionCache(manager.database, DB_THREADS)
@@ -116,6 +123,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         None, functools.partial(app[DB_EXECUTOR].shutdown, cancel_futures=True)
     )
     app[CONNECTIONS].close()
+    source = app.get(CLUSTER_EVENTS)
+    if source is not None:
+        await source.close()
 
 
 async def _end_streams(app: web.Application) -> None:

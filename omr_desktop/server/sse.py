@@ -51,6 +51,11 @@ from omr_desktop.pipeline import events as ev
 from omr_desktop.pipeline.events import ProgressEvent
 from omr_desktop.pipeline.task_manager import TaskManager
 from omr_desktop.server import db_calls
+from omr_desktop.server.cluster_stream import (
+    CLUSTER_EVENTS,
+    ClusterEventSource,
+    has_events,
+)
 from omr_desktop.server.errors import ApiError
 from omr_desktop.server.keys import MANAGER, OPTIONS
 from omr_desktop.server.validation import parse_last_event_id, parse_task_id
@@ -263,6 +268,15 @@ async def _serve_stream(
     task = snapshot.task
     assert task is not None
     await stream.send_retry_hint(request.app[OPTIONS].retry_ms)
+    source = request.app.get(CLUSTER_EVENTS)
+    if (
+        not live
+        and snapshot.last_event is None
+        and source is not None
+        and await has_events(source, task)
+    ):
+        await _follow_cluster(request, stream, source, task)
+        return
     await stream.send_stored(snapshot.events)
     if stream.ended:
         return
@@ -338,6 +352,47 @@ async def _follow_by_polling(
             polls_left_after_end -= 1
             if polls_left_after_end <= 0:
                 await _finish_ended(stream, task, snapshot.last_event)
+
+
+async def _follow_cluster(
+    request: web.Request,
+    stream: _Stream,
+    source: ClusterEventSource,
+    task: TaskRow,
+) -> None:
+    """Stream a cluster task's events from Redis until its terminal event."""
+    options = request.app[OPTIONS]
+    hub = request.app[HUB]
+    task_id = task.task_id
+    async with source.subscribe(task_id) as subscription:
+        await _send_cluster_history(stream, source, task_id)
+        if not stream.ended:
+            last = await source.last(task_id)
+            if last is not None and last["event"] in TERMINAL_EVENTS:
+                # The client has seen every event, the terminal one too.
+                await stream.send_again(_stored(last))
+        while not stream.ended and not hub.closed:
+            data = await subscription.get(options.heartbeat_s)
+            if data is None:
+                await stream.heartbeat_if_idle(options.heartbeat_s)
+                # Catch up on anything the subscription missed.
+                await _send_cluster_history(stream, source, task_id)
+                continue
+            if int(data["event_id"]) > stream.last_sent + 1:
+                await _send_cluster_history(stream, source, task_id)
+            else:
+                await stream.send(int(data["event_id"]), str(data["event"]), data)
+
+
+async def _send_cluster_history(
+    stream: _Stream, source: ClusterEventSource, task_id: str
+) -> None:
+    events = await source.history(task_id, stream.last_sent)
+    await stream.send_stored([_stored(data) for data in events])
+
+
+def _stored(data: dict[str, Any]) -> StoredEvent:
+    return StoredEvent(int(data["event_id"]), str(data["event"]), data)
 
 
 async def _finish_from_database(

@@ -16,7 +16,11 @@ from omr_desktop.db.database import Database
 from omr_desktop.gui.workers.qt_executor import QThreadPoolExecutor
 from omr_desktop.pipeline.demo import seed_demo
 from omr_desktop.pipeline.events import ListSink
-from omr_desktop.pipeline.reprocess import ReprocessRequest, run_reprocess
+from omr_desktop.pipeline.reprocess import (
+    LocalDetection,
+    ReprocessRequest,
+    run_reprocess,
+)
 
 pytestmark = pytest.mark.gui
 
@@ -86,7 +90,11 @@ def test_reprocess_runs_on_qthreadpool(
         task_store.create_task(conn, task_id, 2, list(ids), {})
     try:
         result = run_reprocess(
-            database, task_id, ReprocessRequest(ids, 2), executor, 2, sink
+            database,
+            task_id,
+            ReprocessRequest(ids, 2),
+            LocalDetection(executor, 2),
+            sink,
         )
     finally:
         executor.shutdown()

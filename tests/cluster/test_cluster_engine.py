@@ -1,0 +1,137 @@
+"""The TaskManager on the cluster engine: the same queue, events from Redis."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from omr_desktop.cluster.engine import ClusterEngine
+from omr_desktop.cluster.settings import ClusterSettings
+from omr_desktop.config import DatabaseChoice
+from omr_desktop.db import task_store
+from omr_desktop.db.database import Database
+from omr_desktop.pipeline import events as ev
+from omr_desktop.pipeline.events import ProgressEvent
+from omr_desktop.pipeline.reprocess import ReprocessRequest
+from omr_desktop.pipeline.task_manager import TaskManager
+from tests.cluster.conftest import TASK_TIMEOUT_S, Worker, free_port, result_rows
+
+pytestmark = [pytest.mark.db, pytest.mark.slow]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[ProgressEvent] = []
+
+    def __call__(self, event: ProgressEvent) -> None:
+        with self.lock:
+            self.events.append(event)
+
+
+@pytest.fixture
+def cluster_database(
+    seeded_pair: Callable[[int], tuple[str, str, list[int]]],
+) -> Iterator[tuple[Database, str, list[int]]]:
+    _local, dsn, ids = seeded_pair(4)
+    database = Database(DatabaseChoice(dsn, "environment"))
+    database.open()
+    try:
+        yield database, dsn, ids
+    finally:
+        database.close()
+
+
+def test_manager_runs_task_on_cluster(
+    cluster_database: tuple[Database, str, list[int]],
+    cluster_settings: ClusterSettings,
+    start_worker: Callable[..., Worker],
+    redis_events: Any,
+) -> None:
+    database, dsn, ids = cluster_database
+    start_worker(dsn)
+    engine = ClusterEngine(cluster_settings, database)
+    manager = TaskManager(database, engine=engine)
+    recorder = Recorder()
+    manager.add_listener(recorder)
+    try:
+        task_id = manager.submit(ReprocessRequest(tuple(ids), 2))
+        assert manager.wait(task_id, TASK_TIMEOUT_S)
+    finally:
+        manager.shutdown()
+        engine.close()
+
+    with database.connect() as conn:
+        row = task_store.get_task(conn, task_id)
+        stored = task_store.events_after(conn, task_id)
+    assert row is not None
+    assert row.status == task_store.SUCCESS, row.error
+    assert row.on_cluster
+    assert row.result["sheets_processed"] == len(ids)
+    relayed = [e.to_dict() for e in recorder.events]
+    published = redis_events.history(task_id)
+    # The listeners and the task's stored log get the workers' events,
+    # with the same ids, in the same order.
+    assert relayed == published
+    assert [s.data for s in stored] == published
+    assert relayed[-1]["event"] == ev.COMPLETE
+
+
+def test_unreachable_broker_fails_task_cleanly(
+    cluster_database: tuple[Database, str, list[int]],
+) -> None:
+    database, dsn, ids = cluster_database
+    before = result_rows(dsn)
+    # A loopback port with no listener.
+    settings = ClusterSettings(f"redis://127.0.0.1:{free_port()}/0", 5.0, 1.0)
+    engine = ClusterEngine(settings, database)
+    manager = TaskManager(database, engine=engine)
+    recorder = Recorder()
+    manager.add_listener(recorder)
+    try:
+        task_id = manager.submit(ReprocessRequest(tuple(ids), 2))
+        assert manager.wait(task_id, TASK_TIMEOUT_S)
+    finally:
+        manager.shutdown()
+        engine.close()
+
+    with database.connect() as conn:
+        row = task_store.get_task(conn, task_id)
+    assert row is not None
+    assert row.status == task_store.FAILURE
+    assert row.error is not None
+    assert "is unreachable" in row.error
+    assert "switch the engine to local threads" in row.error
+    assert recorder.events[-1].event == ev.ERROR
+    assert result_rows(dsn) == before
+
+
+def test_relative_image_path_is_rejected(
+    cluster_database: tuple[Database, str, list[int]],
+    cluster_settings: ClusterSettings,
+) -> None:
+    database, dsn, ids = cluster_database
+    with database.connect() as conn:
+        conn.execute(
+            "UPDATE sheets SET image_path = 'scans/1.png' WHERE id = %s", (ids[0],)
+        )
+        conn.commit()
+    engine = ClusterEngine(cluster_settings, database)
+    manager = TaskManager(database, engine=engine)
+    try:
+        task_id = manager.submit(ReprocessRequest(tuple(ids), 2))
+        assert manager.wait(task_id, TASK_TIMEOUT_S)
+    finally:
+        manager.shutdown()
+        engine.close()
+
+    with database.connect() as conn:
+        row = task_store.get_task(conn, task_id)
+    assert row is not None
+    assert row.status == task_store.FAILURE
+    assert row.error is not None
+    assert f"{ids[0]} (scans/1.png)" in row.error
+    assert "relative image paths" in row.error
