@@ -20,7 +20,9 @@ No Qt here: the GUI registers the icon folder with Qt itself.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -48,6 +50,27 @@ def bundle_dir() -> Path | None:
     if getattr(sys, "frozen", False) and meipass:
         return Path(meipass)
     return None
+
+
+def program_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return a copy of ``base`` (default ``os.environ``) for a PostgreSQL program.
+
+    PyInstaller's bootloader puts the bundle's library folder first in
+    ``LD_LIBRARY_PATH`` and saves the user's value in
+    ``LD_LIBRARY_PATH_ORIG`` (PyInstaller manual, "The Bootstrap Process in
+    Detail"). A program started from the bundle would then load the
+    bundle's copies of system libraries, so when frozen the user's value
+    comes back, or the variable goes when there was none.
+    """
+    env = dict(os.environ if base is None else base)
+    if bundle_dir() is None:
+        return env
+    original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original is None:
+        env.pop("LD_LIBRARY_PATH", None)
+    else:
+        env["LD_LIBRARY_PATH"] = original
+    return env
 
 
 def _find_dir(name: str) -> Path:

@@ -79,6 +79,7 @@ def probe(bin_dir: Path, source: str) -> ServerBinaries | None:
             capture_output=True,
             text=True,
             timeout=30,
+            env=resources.program_environment(),
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
