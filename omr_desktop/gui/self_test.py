@@ -100,7 +100,7 @@ def run_self_test(args: argparse.Namespace) -> int:
             if temporary and not args.keep:
                 where = "run it again with --keep to keep the data folder and its log"
             else:
-                where = f"the log is in {config.log_dir()}"
+                where = f"the log is in {_log_dir(data_dir)}"
             print(f"self-test: {where}", file=sys.stderr)
             return EXIT_FAILED
     print(f"self-test passed: {report.summary()}")
@@ -127,14 +127,13 @@ def _private_data_dir(keep: bool) -> Iterator[tuple[Path, bool]]:
 
 
 def _use_private_folders(data_dir: Path, log_level: str | None) -> None:
-    """Point the data folder, the log file, Qt's settings and Qt's platform away
-    from the editor's own.
+    """Move the data folder, the log, Qt's settings and platform off the editor's.
 
     Must run before the QApplication exists and before anything reads
     QSettings.
     """
     os.environ["OMR_DATA_DIR"] = str(data_dir)
-    configure_logging(config.log_level_name(log_level), config.log_dir())
+    configure_logging(config.log_level_name(log_level), _log_dir(data_dir))
     QSettings.setDefaultFormat(QSettings.Format.IniFormat)
     QSettings.setPath(
         QSettings.Format.IniFormat,
@@ -144,6 +143,12 @@ def _use_private_folders(data_dir: Path, log_level: str | None) -> None:
     os.environ.setdefault("QT_QPA_PLATFORM", _OFFSCREEN)
     qInstallMessageHandler(_on_qt_message)
     print(f"self-test: data folder {data_dir}")
+
+
+def _log_dir(data_dir: Path) -> Path:
+    # Not config.log_dir(): an OMR_LOG_DIR set for the editor's own runs
+    # must not receive the self-test's log.
+    return data_dir / "logs"
 
 
 def _on_qt_message(kind: QtMsgType, context: QMessageLogContext, message: str) -> None:
