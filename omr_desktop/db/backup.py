@@ -8,7 +8,6 @@ transaction: if any statement fails, the database is left as it was.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 
+from omr_desktop import resources
 from omr_desktop.db.database import Database
 from omr_desktop.db.migrate import available_migrations
 from omr_desktop.db.server_binaries import available_binaries
@@ -166,6 +166,7 @@ def _tool_major(path: Path) -> int | None:
             capture_output=True,
             text=True,
             timeout=30,
+            env=resources.program_environment(),
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
@@ -239,7 +240,11 @@ def _split_password(conninfo: str) -> tuple[str, str | None]:
 def _run(
     args: list[str | Path], password: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env = {
+        k: v
+        for k, v in resources.program_environment().items()
+        if not k.startswith("PG")
+    }
     if password is not None:
         env["PGPASSWORD"] = password
     try:

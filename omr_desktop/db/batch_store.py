@@ -246,3 +246,41 @@ def rescore(conn: psycopg.Connection, sheet_ids: Sequence[int]) -> int:
         "CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", (list(sheet_ids),)
     ).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
+
+
+def delete_batch(conn: psycopg.Connection, batch_id: int) -> int:
+    """Delete a batch with its sheets, answers, flags and reprocess tasks.
+
+    A task that read sheets of this batch goes too, with its events and
+    undo history, so that undo never reaches for a deleted sheet. The
+    batch's answer key goes unless another batch uses it. Students and
+    templates stay, because other batches may use them. Returns the number
+    of sheets deleted.
+    """
+    sheet_ids = [
+        int(row[0])
+        for row in conn.execute(
+            "SELECT id FROM sheets WHERE batch_id = %s", (batch_id,)
+        ).fetchall()
+    ]
+    task_ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT task_id FROM reprocess_tasks WHERE sheet_ids && %s::bigint[]",
+            (sheet_ids,),
+        ).fetchall()
+    ]
+    # The answer history has no foreign keys, which keeps a reprocess that
+    # writes a million history rows fast, so nothing cascades into it.
+    conn.execute("DELETE FROM answer_history WHERE task_id = ANY(%s)", (task_ids,))
+    conn.execute("DELETE FROM reprocess_tasks WHERE task_id = ANY(%s)", (task_ids,))
+    key = conn.execute(
+        "DELETE FROM batches WHERE id = %s RETURNING answer_key_id", (batch_id,)
+    ).fetchone()
+    if key is not None and key[0] is not None:
+        conn.execute(
+            "DELETE FROM answer_keys k WHERE k.id = %s AND NOT EXISTS"
+            " (SELECT 1 FROM batches b WHERE b.answer_key_id = k.id)",
+            (key[0],),
+        )
+    return len(sheet_ids)

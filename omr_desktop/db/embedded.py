@@ -31,6 +31,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from omr_desktop import resources
 from omr_desktop.db.file_lock import FileLock
 from omr_desktop.db.server_binaries import (
     ServerBinaries,
@@ -260,10 +261,12 @@ class EmbeddedServer:
     ) -> ServerBinaries:
         """Return binaries the account can run, copying them if it cannot.
 
-        The pgserver wheel's binaries sit in the virtual environment, which
-        for root is often under a home folder other users cannot enter.
-        PostgreSQL finds its lib/ and share/ folders relative to its bin/,
-        so a copy of the whole installation runs from anywhere.
+        The pgserver wheel's binaries sit in the virtual environment or the
+        PyInstaller bundle, which for root is often under a folder other
+        users cannot enter. PostgreSQL finds its lib/ and share/ folders
+        relative to its bin/, so a copy of the whole installation runs from
+        anywhere, provided the wheel's shared libraries keep their place
+        beside it.
         """
         if not account.switches_user:
             return binaries
@@ -275,18 +278,25 @@ class EmbeddedServer:
             / BINARIES_CACHE_DIR_NAME
             / (f"{binaries.source}-{binaries.version}")
         )
-        if not (target / "bin").is_dir():
-            logger.info(
-                "Copying %s to %s for the server's account", install_dir, target
-            )
-            partial = target.with_name(target.name + ".partial")
+        copies = _installation_copies(install_dir, target)
+        for source, copy in copies.items():
+            finished = copy / "bin" if source == install_dir else copy
+            if finished.is_dir():
+                continue
+            logger.info("Copying %s to %s for the server's account", source, copy)
+            partial = copy.with_name(copy.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(install_dir, partial, symlinks=True)
-            partial.rename(target)
-        for folder in (target.parent, target):
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source, partial, symlinks=True)
+            partial.rename(copy)
+        copied_install = copies[install_dir]
+        # The account must search every folder from the data folder down.
+        folder = copied_install
+        while folder != self.data_dir:
             folder.chmod(0o755)
+            folder = folder.parent
         return ServerBinaries(
-            target / "bin", binaries.version, binaries.major, binaries.source
+            copied_install / "bin", binaries.version, binaries.major, binaries.source
         )
 
     # -- Creating the cluster -------------------------------------------
@@ -563,6 +573,22 @@ class EmbeddedServer:
             return self.log_file.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
+
+
+def _installation_copies(install_dir: Path, target: Path) -> dict[Path, Path]:
+    """Map the folders of an installation to where their copies go under ``target``.
+
+    A pgserver installation has a sibling folder of shared libraries that
+    its tools find by a relative RPATH, so both are copied with that layout
+    kept. Any other installation is one folder.
+    """
+    libs_dir = resources.pgserver_libs_dir(install_dir)
+    if not libs_dir.is_dir():
+        return {install_dir: target}
+    return {
+        libs_dir: target / resources.PGSERVER_LIBS_PATH,
+        install_dir: target / resources.PGSERVER_INSTALL_PATH,
+    }
 
 
 def _mismatch_message(cluster_dir: Path, major: int, binaries: ServerBinaries) -> str:

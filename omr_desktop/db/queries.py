@@ -200,3 +200,23 @@ def load_sheet_detail(conn: psycopg.Connection, sheet_id: int) -> SheetDetail | 
             for a in answers
         ),
     )
+
+
+def batch_answers(
+    conn: psycopg.Connection, batch_id: int
+) -> dict[tuple[int, str], tuple[str, str]]:
+    """Return ``(answer_corrected, reason)`` of every answer of ``batch_id``.
+
+    The keys are ``(sheet id, question)``. ``reason`` is the detection's
+    reason code, such as ``"light_mark"``.
+    """
+    rows = conn.execute(
+        "SELECT a.sheet_id, a.question, a.answer_corrected, a.reason"
+        " FROM omr_answers a JOIN sheets s ON s.id = a.sheet_id"
+        " WHERE s.batch_id = %s",
+        (batch_id,),
+    ).fetchall()
+    return {
+        (int(sheet_id), str(question)): (str(answer), str(reason))
+        for sheet_id, question, answer, reason in rows
+    }

@@ -9,7 +9,6 @@ Homebrew, Postgres.app and the Windows installer).
 from __future__ import annotations
 
 import glob
-import importlib.util
 import logging
 import os
 import re
@@ -19,6 +18,8 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from omr_desktop import resources
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def probe(bin_dir: Path, source: str) -> ServerBinaries | None:
             capture_output=True,
             text=True,
             timeout=30,
+            env=resources.program_environment(),
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
@@ -94,13 +96,10 @@ def probe(bin_dir: Path, source: str) -> ServerBinaries | None:
 def pgserver_bin_dir() -> Path | None:
     """Return the bin folder of the pgserver wheel's PostgreSQL, if installed.
 
-    The package is located without importing it: importing pgserver runs
-    code that only its own server wrapper needs.
+    Inside a PyInstaller bundle this is the bundle's copy of that folder.
     """
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    install = resources.pgserver_install_dir()
+    return None if install is None else install / "bin"
 
 
 def _candidates() -> Iterator[tuple[Path, str]]:

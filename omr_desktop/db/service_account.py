@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from omr_desktop import resources
+
 logger = logging.getLogger(__name__)
 
 SERVICE_USER = "omr-desktop"
@@ -75,7 +77,11 @@ class ServiceAccount:
         group, so that Ctrl+C in the terminal does not reach a server it
         starts.
         """
-        full_env = {k: v for k, v in os.environ.items() if k not in _STRIPPED_ENV}
+        full_env = {
+            k: v
+            for k, v in resources.program_environment().items()
+            if k not in _STRIPPED_ENV
+        }
         full_env.update(env or {})
         extra: dict[str, object] = {}
         if self.switches_user:

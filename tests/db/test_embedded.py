@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from omr_desktop import resources
 from omr_desktop.db.embedded import (
     PASSWORD_FILE_NAME,
     STATE_FILE_NAME,
@@ -22,7 +23,11 @@ from omr_desktop.db.embedded import (
     EmbeddedServer,
     VersionMismatchError,
 )
-from omr_desktop.db.server_binaries import available_binaries, find_server_binaries
+from omr_desktop.db.server_binaries import (
+    ServerBinaries,
+    available_binaries,
+    find_server_binaries,
+)
 from omr_desktop.db.service_account import ServiceAccount, service_account
 from tests.conftest import make_base_dir
 
@@ -203,6 +208,40 @@ def test_embedded_database_runs_as_ordinary_user(base_dir: Path) -> None:
     assert result["database"] == "omr"
     assert result["stopped"] is True
     assert (home / "data" / "pgdata").stat().st_uid == account.uid
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
+def test_unreachable_pgserver_binaries_are_copied_and_run(base_dir: Path) -> None:
+    """Copy the wheel's PostgreSQL with its libraries when the account cannot reach it.
+
+    This is root running a bundle or a virtual environment kept in a mode
+    0700 folder: initdb loads libpq from the wheel's pgserver.libs through
+    a relative RPATH, so a copy without that folder cannot create a cluster.
+    """
+    install = resources.pgserver_install_dir()
+    if install is None or not resources.pgserver_libs_dir(install).is_dir():
+        pytest.skip("the pgserver wheel with its pgserver.libs is not installed")
+    hidden = base_dir / "private"
+    hidden.mkdir(mode=0o700)
+    shutil.copytree(install, hidden / resources.PGSERVER_INSTALL_PATH)
+    shutil.copytree(
+        resources.pgserver_libs_dir(install), hidden / resources.PGSERVER_LIBS_PATH
+    )
+    found = find_server_binaries()
+    hidden_binaries = ServerBinaries(
+        hidden / resources.PGSERVER_INSTALL_PATH / "bin",
+        found.version,
+        found.major,
+        "pgserver",
+    )
+    embedded = EmbeddedServer(base_dir / "data", binaries=hidden_binaries)
+    try:
+        running = embedded.start()
+
+        assert running.binaries.bin_dir.is_relative_to(base_dir / "data")
+        assert query_one(embedded.conninfo(), "SELECT current_database()") == "omr"
+    finally:
+        embedded.stop()
 
 
 def _run_as_ordinary_user(
