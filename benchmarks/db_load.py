@@ -92,7 +92,7 @@ def reprocess_once(conninfo: str, sheet_ids: list[int], every: int) -> dict[str,
     times: dict[str, float] = {}
     with psycopg.connect(conninfo) as conn:
         conn.execute("SET temp_buffers TO '512MB'")
-        conn.execute("SET work_mem TO '64MB'")
+        conn.execute("SET work_mem TO '256MB'")  # as the pipeline sets it
         conn.commit()
         started = time.perf_counter()
         reprocess_store.lock_sheets(conn, sheet_ids)
