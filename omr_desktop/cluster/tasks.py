@@ -354,6 +354,12 @@ def detect_chunk(
     events = worker_events(self)
     sink = RedisSink(events, task_id)
     database = worker_database()
+    stored = events.stored_chunk(task_id, chunk)
+    if stored is not None:
+        # Another delivery finished this chunk. Copies of a chunk that ran
+        # longer than the visibility timeout stay queued after it ends.
+        logger.info("Task %s: chunk %d already detected, skipped", task_id, chunk)
+        return _chunk_summary(chunk, unpack_readings(stored))
     deliveries = events.count_attempt(task_id, chunk)
     if deliveries > MAX_CHUNK_DELIVERIES:
         reason = (
@@ -378,6 +384,12 @@ def detect_chunk(
         fail_task(database, sink, task_id, failure_reason(exc), total)
         raise ClusterTaskError(failure_reason(exc)) from exc
     events.store_chunk(task_id, chunk, pack_readings(readings))
+    return _chunk_summary(chunk, readings)
+
+
+def _chunk_summary(
+    chunk: int, readings: dict[int, SheetReading | str]
+) -> dict[str, int]:
     failed = sum(isinstance(r, str) for r in readings.values())
     return {"chunk": chunk, "sheets": len(readings), "failed": failed}
 

@@ -1,10 +1,14 @@
-"""The cluster's final step against other workers that end the task.
+"""The cluster's chunks and final step against other deliveries and workers.
 
 On the cluster, another process may mark a task FAILURE while the final
 step is writing: a chunk that finds the cancel flag set, or a late duplicate
 delivery of a chunk. These tests run ``run_reprocess`` in this process with
 precomputed readings and end the task from a second connection, as such a
-worker would, so they need no Redis and no worker processes.
+worker would, so they need no worker processes.
+
+A chunk is delivered again whenever it runs longer than the visibility
+timeout, so copies of it can still be queued after one of them finished.
+The chunk test runs such a late copy in this process.
 """
 
 from __future__ import annotations
@@ -12,15 +16,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
+from omr_desktop.cluster import tasks
+from omr_desktop.cluster.chunk_codec import pack_readings
+from omr_desktop.cluster.redis_events import RedisEvents
 from omr_desktop.config import DatabaseChoice
 from omr_desktop.db import task_store
 from omr_desktop.db.database import Database
 from omr_desktop.engine import SheetReading
 from omr_desktop.pipeline.demo import seed_demo
+from omr_desktop.pipeline import events as ev
 from omr_desktop.pipeline.events import ListSink
 from omr_desktop.pipeline.reprocess import (
     PrecomputedDetections,
@@ -120,3 +129,50 @@ def test_task_failed_during_write_stays_failed(
     assert row.status == task_store.FAILURE
     assert row.error == "cancelled"
     assert result_rows(db_conninfo) == before
+
+
+@pytest.fixture
+def worker_env(
+    db_conninfo: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Point this process's cluster task code at the test's database."""
+    monkeypatch.setenv("OMR_DATABASE_URL", db_conninfo)
+    monkeypatch.setattr(tasks, "_database", None)
+    monkeypatch.setattr(tasks, "_events", {})
+    yield
+    if tasks._database is not None:
+        tasks._database.close()
+    for events in tasks._events.values():
+        events.close()
+
+
+def test_late_chunk_copy_keeps_task_running(
+    seeded: tuple[Database, list[int]],
+    worker_env: None,
+    celery_app: Any,
+    redis_events: RedisEvents,
+) -> None:
+    database, sheet_ids = seeded
+    request = ReprocessRequest(tuple(sheet_ids), SENSITIVE)
+    task_id = started_task(database, request)
+    # One delivery stored the result; the copies queued meanwhile used up
+    # the delivery limit.
+    redis_events.store_chunk(
+        task_id, 0, pack_readings(detect_all(database, request))
+    )
+    attempts = f"omr:task:{task_id}:attempts:0"
+    redis_events.client.set(attempts, tasks.MAX_CHUNK_DELIVERIES)
+
+    chunk_task = celery_app.tasks[tasks.CHUNK_TASK_NAME]
+    outcome = chunk_task.apply(
+        args=[task_id, 0, sheet_ids, SENSITIVE, False, len(sheet_ids)]
+    )
+
+    assert outcome.successful(), outcome.traceback
+    assert outcome.result["sheets"] == len(sheet_ids)
+    with database.connect() as conn:
+        row = task_store.get_task(conn, task_id)
+    assert row is not None
+    assert row.status == task_store.STARTED
+    published = [e["event"] for e in redis_events.history(task_id)]
+    assert ev.ERROR not in published
