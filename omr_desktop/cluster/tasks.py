@@ -266,6 +266,7 @@ def reprocess_omr_sheet_task(
     request = ReprocessRequest(ids, profile_id, keep_manual, redecide)
     database = worker_database()
     events = worker_events(self)
+    _check_profile_exists(database, events, task_id, profile_id, len(ids))
     row = _start(database, events, task_id, request)
     if row.status == task_store.SUCCESS:
         return row.result
@@ -303,6 +304,36 @@ def reprocess_omr_sheet_task(
         "Task %s: %d sheets in %d chunks dispatched", task_id, total, len(chunks)
     )
     return self.replace(chord(header, body))
+
+
+def _check_profile_exists(
+    database: Database,
+    events: RedisEvents,
+    task_id: str,
+    profile_id: int,
+    total: int,
+) -> None:
+    """Publish the error event and raise unless the profile exists.
+
+    The task's row references ``profiles``, so no row can record this
+    failure: only the Redis events and the Celery result do.
+
+    Raises:
+        ClusterTaskError: the profile does not exist.
+    """
+    with database.connect() as conn:
+        found = conn.execute(
+            "SELECT 1 FROM profiles WHERE id = %s", (profile_id,)
+        ).fetchone()
+    if found is not None:
+        return
+    reason = (
+        f"Profile {profile_id} does not exist: send the id of a row of the "
+        "profiles table (GET /profiles lists them)."
+    )
+    logger.warning("Task %s failed: %s", task_id, reason)
+    RedisSink(events, task_id).report(ev.error_event(task_id, reason, total, None))
+    raise ClusterTaskError(reason)
 
 
 def _start(

@@ -176,3 +176,25 @@ def test_late_chunk_copy_keeps_task_running(
     assert row.status == task_store.STARTED
     published = [e["event"] for e in redis_events.history(task_id)]
     assert ev.ERROR not in published
+
+
+def test_unknown_profile_fails_with_event(
+    seeded: tuple[Database, list[int]],
+    worker_env: None,
+    celery_app: Any,
+    redis_events: RedisEvents,
+) -> None:
+    database, sheet_ids = seeded
+    task_id = str(uuid.uuid4())
+
+    coordinator = celery_app.tasks[tasks.TASK_NAME]
+    outcome = coordinator.apply(args=[task_id, sheet_ids, 99], task_id=task_id)
+
+    assert outcome.failed()
+    assert isinstance(outcome.result, tasks.ClusterTaskError)
+    assert "Profile 99 does not exist" in str(outcome.result)
+    published = redis_events.history(task_id)
+    assert [e["event"] for e in published] == [ev.ERROR]
+    assert "Profile 99 does not exist" in published[0]["result"]["reason"]
+    with database.connect() as conn:
+        assert task_store.get_task(conn, task_id) is None
