@@ -233,6 +233,10 @@ class RedisEvents:
     def store_chunk(self, task_id: str, chunk: int, data: bytes) -> None:
         self.client.set(key(task_id, f"chunk:{chunk}"), data, ex=KEY_TTL_S)
 
+    def stored_chunk(self, task_id: str, chunk: int) -> bytes | None:
+        """Return the stored result of chunk ``chunk``, or None if missing."""
+        return cast(bytes | None, self.client.get(key(task_id, f"chunk:{chunk}")))
+
     def load_chunks(self, task_id: str, chunks: int) -> list[bytes | None]:
         """Return the stored results of chunks 0..chunks-1; None where missing."""
         names = [key(task_id, f"chunk:{n}") for n in range(chunks)]

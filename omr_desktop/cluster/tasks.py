@@ -266,6 +266,7 @@ def reprocess_omr_sheet_task(
     request = ReprocessRequest(ids, profile_id, keep_manual, redecide)
     database = worker_database()
     events = worker_events(self)
+    _check_profile_exists(database, events, task_id, profile_id, len(ids))
     row = _start(database, events, task_id, request)
     if row.status == task_store.SUCCESS:
         return row.result
@@ -303,6 +304,36 @@ def reprocess_omr_sheet_task(
         "Task %s: %d sheets in %d chunks dispatched", task_id, total, len(chunks)
     )
     return self.replace(chord(header, body))
+
+
+def _check_profile_exists(
+    database: Database,
+    events: RedisEvents,
+    task_id: str,
+    profile_id: int,
+    total: int,
+) -> None:
+    """Publish the error event and raise unless the profile exists.
+
+    The task's row references ``profiles``, so no row can record this
+    failure: only the Redis events and the Celery result do.
+
+    Raises:
+        ClusterTaskError: the profile does not exist.
+    """
+    with database.connect() as conn:
+        found = conn.execute(
+            "SELECT 1 FROM profiles WHERE id = %s", (profile_id,)
+        ).fetchone()
+    if found is not None:
+        return
+    reason = (
+        f"Profile {profile_id} does not exist: send the id of a row of the "
+        "profiles table (GET /profiles lists them)."
+    )
+    logger.warning("Task %s failed: %s", task_id, reason)
+    RedisSink(events, task_id).report(ev.error_event(task_id, reason, total, None))
+    raise ClusterTaskError(reason)
 
 
 def _start(
@@ -354,6 +385,12 @@ def detect_chunk(
     events = worker_events(self)
     sink = RedisSink(events, task_id)
     database = worker_database()
+    stored = events.stored_chunk(task_id, chunk)
+    if stored is not None:
+        # Another delivery finished this chunk. Copies of a chunk that ran
+        # longer than the visibility timeout stay queued after it ends.
+        logger.info("Task %s: chunk %d already detected, skipped", task_id, chunk)
+        return _chunk_summary(chunk, unpack_readings(stored))
     deliveries = events.count_attempt(task_id, chunk)
     if deliveries > MAX_CHUNK_DELIVERIES:
         reason = (
@@ -378,6 +415,12 @@ def detect_chunk(
         fail_task(database, sink, task_id, failure_reason(exc), total)
         raise ClusterTaskError(failure_reason(exc)) from exc
     events.store_chunk(task_id, chunk, pack_readings(readings))
+    return _chunk_summary(chunk, readings)
+
+
+def _chunk_summary(
+    chunk: int, readings: dict[int, SheetReading | str]
+) -> dict[str, int]:
     failed = sum(isinstance(r, str) for r in readings.values())
     return {"chunk": chunk, "sheets": len(readings), "failed": failed}
 

@@ -99,12 +99,19 @@ def mark_started(conn: psycopg.Connection, task_id: str) -> None:
 
 def mark_succeeded(
     conn: psycopg.Connection, task_id: str, result: dict[str, Any]
-) -> None:
-    conn.execute(
+) -> bool:
+    """Mark a PENDING or STARTED task SUCCESS; return False if it had ended.
+
+    On the cluster another worker may fail the task (a cancel, a chunk that
+    gave up) while the final step writes, so a FAILURE row is kept.
+    """
+    cursor = conn.execute(
         "UPDATE reprocess_tasks SET status = 'SUCCESS', finished_at = now(),"
-        " result = %s, error = NULL WHERE task_id = %s",
+        " result = %s, error = NULL"
+        " WHERE task_id = %s AND status IN ('PENDING', 'STARTED')",
         (Jsonb(result), task_id),
     )
+    return cursor.rowcount == 1
 
 
 def mark_failed(

@@ -329,7 +329,9 @@ def run_reprocess(
             counts = _load_to_database(conn, run)
             score_changes = _recalculate_scores(conn, run)
             result = run.result(counts, score_changes)
-            task_store.mark_succeeded(conn, task_id, result)
+            if not task_store.mark_succeeded(conn, task_id, result):
+                # Raising here rolls the whole write back.
+                raise ReprocessError(_ended_elsewhere_reason(conn, task_id))
             commit_started = time.monotonic()
         run.db_seconds += time.monotonic() - commit_started
     result["database_s"] = round(run.db_seconds, 3)
@@ -342,6 +344,16 @@ def run_reprocess(
         result=result,
     )
     return result
+
+
+def _ended_elsewhere_reason(conn: psycopg.Connection, task_id: str) -> str:
+    row = task_store.get_task(conn, task_id)
+    status = row.status if row is not None else "deleted"
+    error = row.error if row is not None and row.error else status
+    return (
+        f"Task {task_id} ended ({error}) while its results were being "
+        "written, so nothing was written."
+    )
 
 
 def _completed_message(result: dict[str, Any]) -> str:
