@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+from typing import Any
+
 import psycopg
 import pytest
 
@@ -17,6 +21,8 @@ from tests.db.builders import (
 )
 
 pytestmark = pytest.mark.db
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "omr_desktop" / "db" / "migrations"
 
 A = AnswerRow
 
@@ -231,3 +237,57 @@ def test_procedure_resolves_under_both_spellings(
     row = db.execute(statement, ([sheet_id],)).fetchone()
 
     assert row == (1,)
+
+
+def test_one_pass_procedure_matches_two_pass_version(
+    db: psycopg.Connection, keyed_batch: int
+) -> None:
+    """The one-pass version (migration 0006) scores and flags as 0002 did."""
+    rng = random.Random(6)
+    reasons = ["clear", "light_mark", "multi_mark", "near_threshold", "erased", "blank"]
+    sheet_ids = []
+    for n in range(60):
+        answers = []
+        for q in rng.sample(["q1", "q2", "q3", "q4", "q5", "q99"], rng.randint(0, 6)):
+            raw = rng.choice(["", "A", "B", "C", "BC", "AB"])
+            answers.append(
+                A(
+                    q,
+                    raw,
+                    corrected=rng.choice([None, None, "*", "B", ""]),
+                    reason=rng.choice(reasons),
+                    needs_review=rng.random() < 0.3,
+                    corrected_by=rng.choice([None, None, "editor"]),
+                )
+            )
+        sheet_ids.append(add_sheet(db, keyed_batch, n + 1, answers))
+    unkeyed = add_batch(db, "no key", add_template(db, "t2"), None)
+    sheet_ids.append(add_sheet(db, unkeyed, 1, [A("q1", "B")]))
+    two_pass = (MIGRATIONS / "0002_reprocess_sheet_surgical.sql").read_text()
+    db.execute(
+        two_pass.replace(
+            "CREATE PROCEDURE reprocess_sheet_surgical(",
+            "CREATE PROCEDURE two_pass_surgical(",
+        )
+    )
+
+    def outcome() -> tuple[list[Any], list[Any]]:
+        scores = db.execute(
+            "SELECT id, score FROM sheets WHERE id = ANY(%s) ORDER BY id", (sheet_ids,)
+        ).fetchall()
+        flags = db.execute(
+            "SELECT sheet_id, flag, count FROM sheet_flags"
+            " WHERE sheet_id = ANY(%s) ORDER BY 1, 2",
+            (sheet_ids,),
+        ).fetchall()
+        return scores, flags
+
+    db.execute("CALL two_pass_surgical(%s::bigint[], NULL)", (sheet_ids,))
+    expected = outcome()
+    db.execute("UPDATE sheets SET score = NULL WHERE id = ANY(%s)", (sheet_ids,))
+    db.execute("DELETE FROM sheet_flags WHERE sheet_id = ANY(%s)", (sheet_ids,))
+
+    assert rescore(db, sheet_ids) == len(sheet_ids)
+    assert outcome() == expected
+    assert any(score is not None for _id, score in expected[0])
+    assert expected[1]
