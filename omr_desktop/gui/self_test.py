@@ -406,7 +406,7 @@ class SelfTest:
             window.sheet_opened,
             "the first sheet to open in the sheet panel",
             start=lambda: window.sheets_view.setCurrentIndex(
-                window.sheet_proxy.index(0, 1)
+                window.sheet_model.index(0, 1)
             ),
         )
         self._step("batch and first sheet opened", f"{count} sheets listed")
