@@ -158,8 +158,11 @@ def check_broker(settings: ClusterSettings) -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
+        # redis-py's messages end with a full stop, as in "Error 111
+        # connecting to 127.0.0.1:6379. Connection refused."
+        cause = str(exc).rstrip(". ")
         raise BrokerUnavailableError(
-            f"The cluster's broker at {settings.describe()} is unreachable: {exc}."
+            f"The cluster's broker at {settings.describe()} is unreachable: {cause}."
         ) from exc
     finally:
         client.close()

@@ -47,7 +47,7 @@ from omr_desktop.cluster.chunk_codec import (
     unpack_readings,
 )
 from omr_desktop.cluster.redis_events import RedisEvents, RedisSink
-from omr_desktop.cluster.settings import ClusterConfigError
+from omr_desktop.cluster.settings import VISIBILITY_VARIABLE, ClusterConfigError
 from omr_desktop.db import task_store
 from omr_desktop.db.database import Database
 from omr_desktop.db.migrate import check_schema
@@ -77,9 +77,10 @@ FINAL_TASK_NAME = "omr_desktop.write_results"
 # redo, and a 7,109-sheet task makes 112 messages, not 7,109.
 DEFAULT_CHUNK_SHEETS = 64
 
-# A chunk delivered this many times without finishing fails the task: its
-# workers keep dying on it (out of memory, say), and redelivering it for
-# ever would never end the task.
+# A chunk delivered this many times without finishing fails the task,
+# because redelivering it for ever would never end the task. Either its
+# workers keep dying on it (out of memory, say), or it runs longer than
+# the visibility timeout, which delivers it again while it still runs.
 MAX_CHUNK_DELIVERIES = 3
 
 # The final step waits for late chunk results (a chunk delivered twice can
@@ -289,7 +290,8 @@ def reprocess_omr_sheet_task(
         _progress(task_id, ev.LOADING_SHEETS, f"Loaded {total} sheets", 100, 0, total)
     )
     mode = "re-deciding stored fills" if redecide else "detecting"
-    message = f"Dispatching {total} sheets in {len(chunks)} chunks to the workers"
+    count = f"{len(chunks)} chunk" if len(chunks) == 1 else f"{len(chunks)} chunks"
+    message = f"Dispatching {total} sheets in {count} to the workers"
     sink.report(
         _progress(task_id, ev.PROCESSING_SHEETS, f"{message} ({mode})", 0, 0, total)
     )
@@ -300,9 +302,7 @@ def reprocess_omr_sheet_task(
     body = write_results.si(
         task_id, list(ids), profile_id, keep_manual, redecide, len(chunks)
     )
-    logger.info(
-        "Task %s: %d sheets in %d chunks dispatched", task_id, total, len(chunks)
-    )
+    logger.info("Task %s: %d sheets in %s dispatched", task_id, total, count)
     return self.replace(chord(header, body))
 
 
@@ -395,8 +395,10 @@ def detect_chunk(
     if deliveries > MAX_CHUNK_DELIVERIES:
         reason = (
             f"Chunk {chunk} (sheets {sheet_ids[0]} to {sheet_ids[-1]}) was "
-            f"delivered {deliveries - 1} times and never finished: its "
-            "workers stopped while detecting it. Check the workers' logs."
+            f"delivered {deliveries - 1} times and never finished: it ran "
+            "longer than the visibility timeout, or its workers stopped while "
+            f"detecting it. Raise {VISIBILITY_VARIABLE} above the longest "
+            "chunk's time, or check the workers' logs."
         )
         fail_task(database, sink, task_id, reason, total)
         raise ClusterTaskError(reason)

@@ -80,6 +80,11 @@ def test_manager_runs_task_on_cluster(
     assert relayed == published
     assert [s.data for s in stored] == published
     assert relayed[-1]["event"] == ev.COMPLETE
+    # Four sheets make one chunk of the default 64 sheets.
+    messages = [e["message"] for e in relayed]
+    assert f"Dispatching {len(ids)} sheets in 1 chunk to the workers (detecting)" in (
+        messages
+    )
 
 
 def test_unreachable_broker_fails_task_cleanly(
@@ -107,6 +112,8 @@ def test_unreachable_broker_fails_task_cleanly(
     assert row.error is not None
     assert "is unreachable" in row.error
     assert "switch the engine to local threads" in row.error
+    assert "Connection refused. The task was not sent" in row.error
+    assert ".." not in row.error
     assert recorder.events[-1].event == ev.ERROR
     assert result_rows(dsn) == before
 

@@ -230,6 +230,10 @@ def test_chunk_that_keeps_killing_workers_fails_task(
     assert row.status == task_store.FAILURE
     assert row.error is not None
     assert "never finished" in row.error
+    # A live worker whose chunk outran the visibility timeout is one cause.
+    assert "ran longer than the visibility timeout" in row.error
+    assert "or its workers stopped" in row.error
+    assert "Raise OMR_CLUSTER_VISIBILITY_TIMEOUT" in row.error
     assert result_rows(cluster_dsn) == before
     events = redis_events.history(task_id)
     assert events[-1]["event"] == ev.ERROR
