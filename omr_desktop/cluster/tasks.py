@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -59,6 +60,7 @@ from omr_desktop.pipeline.reprocess import (
     PrecomputedDetections,
     ReprocessError,
     ReprocessRequest,
+    SheetJob,
     TaskCancelledError,
     detect_reading,
     load_jobs,
@@ -445,7 +447,9 @@ def _detect(
     for job in jobs:
         if sink.cancelled:
             raise TaskCancelledError()
-        reading = detect_reading(job, settings, redecide)
+        # Re-deciding reads stored fills, not images, so any path will do.
+        path_failure = None if redecide else _relative_path_failure(job)
+        reading = path_failure or detect_reading(job, settings, redecide)
         readings[job.sheet.id] = reading
         processed, failed, due = events.sheet_done(
             task_id, job.sheet.id, isinstance(reading, str), total
@@ -462,6 +466,29 @@ def _detect(
             )
             sink.report_counted(event, processed)
     return readings
+
+
+def _relative_path_failure(job: SheetJob) -> str | None:
+    """Return why the sheet fails if its image path is relative, else None.
+
+    A worker would resolve a relative path against its own working
+    directory, which differs between workers and from the importer's. As
+    in the local pipeline, an image that cannot be read fails its sheet
+    only; the application's ClusterEngine rejects such tasks before
+    sending them, but a task sent straight to the broker reaches here.
+    """
+    path = job.sheet.image_path
+    if Path(path).is_absolute():
+        return None
+    logger.warning(
+        "Sheet %d not reprocessed: relative image path %r", job.sheet.id, path
+    )
+    return (
+        f"Image path {path!r} is relative: cluster mode needs absolute image "
+        "paths that every worker can read, such as a shared folder mounted at "
+        "the same path on every worker. Re-import the sheet with an absolute "
+        "path, or reprocess it with the local engine."
+    )
 
 
 # -- The final step --------------------------------------------------------
