@@ -10,10 +10,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omr_desktop.db.database import Database
+from omr_desktop.engine_setup import EngineSetup, close_engine, configured_engine
 from omr_desktop.pipeline.events import ProgressEvent
+
+if TYPE_CHECKING:
+    from omr_desktop.pipeline.reprocess import ReprocessRequest
 
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
@@ -148,7 +152,6 @@ def _run_task(
     database: Database, sheet_ids: list[int], args: argparse.Namespace
 ) -> int:
     from omr_desktop.pipeline.reprocess import ReprocessRequest
-    from omr_desktop.pipeline.task_manager import TaskManager, TaskRequestError
 
     request = ReprocessRequest(
         tuple(sheet_ids),
@@ -156,31 +159,50 @@ def _run_task(
         keep_manual=not args.override_manual,
         redecide=args.redecide,
     )
+    with ThreadPoolExecutor(args.workers, thread_name_prefix="detect") as executor:
+        setup = configured_engine(database, executor, args.workers)
+        if setup.fallback_reason is not None:
+            print(
+                f"warning: {setup.fallback_reason} Reprocessing on local threads.",
+                file=sys.stderr,
+            )
+        try:
+            return _run_on(setup, database, request, args)
+        finally:
+            close_engine(setup.engine)
+
+
+def _run_on(
+    setup: EngineSetup,
+    database: Database,
+    request: ReprocessRequest,
+    args: argparse.Namespace,
+) -> int:
+    from omr_desktop.pipeline.task_manager import TaskManager, TaskRequestError
+
     final: list[ProgressEvent] = []
     bar = ProgressBar(sys.stderr)
-    with ThreadPoolExecutor(args.workers, thread_name_prefix="detect") as executor:
-        manager = TaskManager(database, executor, args.workers)
-        manager.add_listener(bar.update)
-        manager.add_listener(
-            lambda e: final.append(e) if e.event != "progress" else None
-        )
-        try:
-            task_id = manager.submit(request)
-        except TaskRequestError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            manager.shutdown()
-            return EXIT_USAGE
-        print(
-            f"Task {task_id}: {len(request.sheet_ids)} sheets, profile {args.profile}",
-            file=sys.stderr,
-        )
-        try:
-            while not manager.wait(task_id, 0.5):
-                pass
-        except KeyboardInterrupt:
-            manager.cancel(task_id)
-            manager.wait(task_id)
+    manager = TaskManager(database, engine=setup.engine)
+    manager.add_listener(bar.update)
+    manager.add_listener(lambda e: final.append(e) if e.event != "progress" else None)
+    try:
+        task_id = manager.submit(request)
+    except TaskRequestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         manager.shutdown()
+        return EXIT_USAGE
+    print(
+        f"Task {task_id}: {len(request.sheet_ids)} sheets, profile "
+        f"{args.profile}, on {setup.description}",
+        file=sys.stderr,
+    )
+    try:
+        while not manager.wait(task_id, 0.5):
+            pass
+    except KeyboardInterrupt:
+        manager.cancel(task_id)
+        manager.wait(task_id)
+    manager.shutdown()
     bar.finish()
     return _report(final[-1] if final else None, args.strict)
 

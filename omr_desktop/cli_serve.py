@@ -28,13 +28,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from omr_desktop import config
 from omr_desktop.db.database import Database
 from omr_desktop.engine_setup import (
     EngineSetup,
     close_engine,
     cluster_event_source,
-    make_engine,
+    configured_engine,
 )
 
 logger = logging.getLogger(__name__)
@@ -224,12 +223,7 @@ def _engine_setup(
     database: Database, executor: ThreadPoolExecutor, workers: int
 ) -> EngineSetup:
     """Build the engine of the engine setting; fall back to local with a warning."""
-    try:
-        choice = config.engine_choice()
-    except config.ConfigError as exc:
-        logger.warning("%s Serving with the local engine.", exc)
-        choice = config.EngineChoice(config.ENGINE_LOCAL, None)
-    setup = make_engine(choice, database, executor, workers)
+    setup = configured_engine(database, executor, workers)
     if setup.fallback_reason is not None:
         print(
             f"warning: {setup.fallback_reason} Serving with the local engine.",

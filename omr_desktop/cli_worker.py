@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import sys
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,10 @@ def add_worker_command(commands: argparse._SubParsersAction) -> None:  # type: i
         help="run a cluster worker (Celery over Redis) for reprocess tasks",
         description="Take reprocess tasks from the cluster's Redis broker and "
         "run them on the shared PostgreSQL of OMR_DATABASE_URL until Ctrl+C "
-        "or SIGTERM. Needs the 'cluster' extra. Exit status: 0 stopped, 1 "
-        "the worker failed, 2 invalid options or settings.",
+        "or SIGTERM. Needs the 'cluster' extra. Exit status: 0 stopped by "
+        "a signal, 1 the worker failed (the broker or database unreachable "
+        "at start, or the Celery worker stopped on an error), 2 invalid "
+        "options or settings.",
     )
     cmd.add_argument(
         "--broker",
@@ -143,6 +146,65 @@ def _run(settings: object, args: argparse.Namespace) -> int:
         "--without-gossip",
         "--without-mingle",
     ]
-    app.worker_main(argv=argv)
-    logger.info("Worker %s stopped", name)
-    return EXIT_OK
+    outcome = _WorkerOutcome()
+    outcome.connect()
+    try:
+        app.worker_main(argv=argv)
+    finally:
+        outcome.disconnect()
+    return outcome.exit_status(name)
+
+
+class _WorkerOutcome:
+    """Record how the Celery worker of this process ended.
+
+    ``app.worker_main`` returns nothing: Celery 5.7's ``app.start`` drops
+    the exit code that click returns in non-standalone mode. The
+    WorkController keeps it in ``exitcode`` (1 after "Unrecoverable
+    error"), and the ``worker_init`` signal hands the controller over.
+    """
+
+    def __init__(self) -> None:
+        self.controller: Any = None
+        self.stop_signal: str | None = None
+
+    def connect(self) -> None:
+        from celery import signals
+
+        signals.worker_init.connect(self._on_worker_init, weak=False)
+        signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
+
+    def disconnect(self) -> None:
+        from celery import signals
+
+        signals.worker_init.disconnect(self._on_worker_init)
+        signals.worker_shutting_down.disconnect(self._on_shutting_down)
+
+    def _on_worker_init(self, sender: Any = None, **_kwargs: Any) -> None:
+        self.controller = sender
+
+    def _on_shutting_down(self, sig: str = "", **_kwargs: Any) -> None:
+        self.stop_signal = sig
+
+    def exit_status(self, name: str) -> int:
+        """Return the command's exit status, with a one-line error on failure."""
+        if self.stop_signal is not None:
+            # Celery exits 1 after Ctrl+C; a requested stop is a success here.
+            logger.info("Worker %s stopped by %s", name, self.stop_signal)
+            return EXIT_OK
+        code = getattr(self.controller, "exitcode", None)
+        if self.controller is None:
+            message = f"the Celery worker {name} did not start"
+        elif code in (None, 0):
+            logger.info("Worker %s stopped", name)
+            return EXIT_OK
+        else:
+            message = (
+                f"the Celery worker {name} stopped with exit code {code}; "
+                "its log above gives the cause"
+            )
+        logger.error("Worker %s failed: %s", name, message)
+        # Celery has replaced sys.stderr with a logging proxy by now, which
+        # would prefix the line with "WARNING:".
+        print(f"error: {message}.", file=sys.__stderr__ or sys.stderr, flush=True)
+        return EXIT_FAILED

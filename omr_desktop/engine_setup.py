@@ -66,6 +66,23 @@ def make_engine(
     return EngineSetup(engine, f"cluster at {engine.settings.describe()}")
 
 
+def configured_engine(
+    database: Database, executor: Executor, threads: int
+) -> EngineSetup:
+    """Build the engine of the engine setting, as the commands without a GUI do.
+
+    An invalid engine setting falls back to local threads as an
+    unreachable cluster does, with the reason in ``fallback_reason``.
+    """
+    try:
+        choice = config.engine_choice()
+    except config.ConfigError as exc:
+        local = config.EngineChoice(config.ENGINE_LOCAL, None)
+        setup = make_engine(local, database, executor, threads)
+        return EngineSetup(setup.engine, setup.description, str(exc))
+    return make_engine(choice, database, executor, threads)
+
+
 def close_engine(engine: ReprocessEngine) -> None:
     """Release what an engine holds (the cluster's Redis connections)."""
     close = getattr(engine, "close", None)

@@ -125,7 +125,8 @@ class ClusterEngine:
             logger.info(
                 "Task %s sent to the cluster at %s", task_id, self.settings.describe()
             )
-            return _Relay(self, task_id, sink, pubsub).follow()
+            total = len(request.sheet_ids)
+            return _Relay(self, task_id, total, sink, pubsub).follow()
         finally:
             pubsub.close()
 
@@ -157,43 +158,60 @@ class ClusterEngine:
     def request_cancel(self, task_id: str) -> None:
         self._events.request_cancel(task_id)
 
+    def publish(self, event: ev.ProgressEvent) -> int:
+        """Store and publish ``event`` in Redis; return its id (0 if dropped)."""
+        return self._events.publish(event)
+
 
 class _Relay:
-    """Hand one task's events to the sink in id order, once each."""
+    """Hand one task's events to the sink in id order, once each.
+
+    A task that publishes no event for ``progress_limit_s`` seconds of the
+    engine's settings is marked FAILURE here, because no worker runs it.
+    """
 
     def __init__(
         self,
         engine: ClusterEngine,
         task_id: str,
+        total: int,
         sink: ProgressSink,
         pubsub: Any,
     ) -> None:
         self._engine = engine
         self._task_id = task_id
+        self._total = total
         self._sink = sink
         self._pubsub = pubsub
         self._last_id = 0
+        self._last_event: ev.ProgressEvent | None = None
         self._cancel_sent = False
+        self._redis_down = False
+        self._last_seen = time.monotonic()
 
     def follow(self) -> dict[str, Any]:
-        started = time.monotonic()
+        started = self._last_seen = time.monotonic()
         next_check = started + CHECK_INTERVAL_S
         warned = False
         while True:
             self._forward_cancel()
-            message = self._pubsub.get_message(timeout=0.5)
             frames: list[dict[str, Any]] = []
-            if message is not None and message.get("type") == "message":
-                frames = [parse_frame(message["data"])]
-            elif time.monotonic() >= next_check:
+            if time.monotonic() >= next_check:
                 next_check = time.monotonic() + CHECK_INTERVAL_S
-                frames = self._engine.history(self._task_id, self._last_id)
+                frames = self._read_history()
                 ended = None if frames else self._check_row()
                 if ended is not None:
                     return ended
+            else:
+                frames = self._read_message()
             result = self._relay(frames)
             if result is not None:
                 return result
+            silent_s = time.monotonic() - self._last_seen
+            if silent_s > self._engine.settings.progress_limit_s:
+                ended = self._fail_silent_task(silent_s)
+                if ended is not None:
+                    return ended
             waited_s = time.monotonic() - started
             if not warned and not self._last_id and waited_s > NO_WORKER_WARNING_S:
                 warned = True
@@ -203,16 +221,46 @@ class _Relay:
                     NO_WORKER_WARNING_S,
                 )
 
+    def _read_message(self) -> list[dict[str, Any]]:
+        """Return the next published event, if one arrives within 0.5 s."""
+        try:
+            message = self._pubsub.get_message(timeout=0.5)
+        except redis.RedisError as exc:
+            self._on_redis_error(exc)
+            return []
+        if message is not None and message.get("type") == "message":
+            return [parse_frame(message["data"])]
+        return []
+
+    def _read_history(self) -> list[dict[str, Any]]:
+        try:
+            frames = self._engine.history(self._task_id, self._last_id)
+        except redis.RedisError as exc:
+            self._on_redis_error(exc)
+            return []
+        self._redis_down = False
+        return frames
+
+    def _on_redis_error(self, exc: redis.RedisError) -> None:
+        # The task may still end while Redis restarts: keep reading, and
+        # let the progress timeout end a task that no worker resumes.
+        if not self._redis_down:
+            logger.warning("Task %s: reading its events failed: %s", self._task_id, exc)
+        self._redis_down = True
+        time.sleep(0.5)
+
     def _relay(self, frames: list[dict[str, Any]]) -> dict[str, Any] | None:
         if frames and int(frames[0]["event_id"]) > self._last_id + 1:
             # A gap: the subscription missed events, which the history has.
-            frames = self._engine.history(self._task_id, self._last_id)
+            frames = self._read_history()
         for data in frames:
             event_id = int(data["event_id"])
             if event_id <= self._last_id:
                 continue
             self._last_id = event_id
+            self._last_seen = time.monotonic()
             event = event_from_dict(data)
+            self._last_event = event
             self._sink.report(event)
             if event.event == ev.COMPLETE:
                 return event.result or {}
@@ -227,6 +275,49 @@ class _Relay:
             self._engine.request_cancel(self._task_id)
             logger.info("Task %s: cancel sent to the cluster", self._task_id)
 
+    def _fail_silent_task(self, silent_s: float) -> dict[str, Any] | None:
+        """Mark the task FAILURE and relay its error event.
+
+        A task that committed is never marked FAILURE, because
+        ``fail_if_unfinished`` updates only a PENDING or STARTED row (and a
+        final step still writing then finds FAILURE and rolls back). So
+        when the row ended meanwhile, this returns its result, or None
+        while its events are still in Redis to relay.
+
+        Raises:
+            TaskFailedElsewhereError: the task is now FAILURE, and the
+                sink received its error event.
+            ReprocessError: the row was FAILURE already.
+        """
+        reason = (
+            f"No cluster worker reported progress for {silent_s:.0f} s: check "
+            "that a worker is running ('omr-desktop worker') and that the "
+            f"broker at {self._engine.settings.describe()} is up."
+        )
+        with self._engine.database.connect(autocommit=True) as conn:
+            failed_now = task_store.fail_if_unfinished(conn, self._task_id, reason, {})
+        if not failed_now:
+            ended = self._check_row()
+            self._last_seen = time.monotonic()
+            return ended
+        logger.warning("Task %s failed: %s", self._task_id, reason)
+        event = ev.error_event(self._task_id, reason, self._total, self._last_event)
+        try:
+            # Workers that take the task later find it ended and stop.
+            event_id = self._engine.publish(event)
+        except redis.RedisError as exc:
+            logger.warning(
+                "Task %s: publishing its error event failed: %s", self._task_id, exc
+            )
+            event_id = 0
+        if event_id > self._last_id:
+            # Relaying the history ends with the error event, which raises.
+            self._relay(self._read_history())
+        # Redis dropped the event (it restarted and numbered it from 1
+        # again, or it is down), so the sink gets it straight from here.
+        self._sink.report(event)
+        raise TaskFailedElsewhereError(reason)
+
     def _check_row(self) -> dict[str, Any] | None:
         """Return the result of a task whose row ended with no terminal event.
 
@@ -238,7 +329,7 @@ class _Relay:
             row = task_store.get_task(conn, self._task_id)
         if row is None or row.status not in (task_store.SUCCESS, task_store.FAILURE):
             return None
-        if self._engine.history(self._task_id, self._last_id):
+        if self._read_history():
             return None
         if row.status == task_store.FAILURE:
             raise ReprocessError(row.error or "failed on the cluster")

@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -47,7 +48,7 @@ from omr_desktop.cluster.chunk_codec import (
     unpack_readings,
 )
 from omr_desktop.cluster.redis_events import RedisEvents, RedisSink
-from omr_desktop.cluster.settings import ClusterConfigError
+from omr_desktop.cluster.settings import VISIBILITY_VARIABLE, ClusterConfigError
 from omr_desktop.db import task_store
 from omr_desktop.db.database import Database
 from omr_desktop.db.migrate import check_schema
@@ -59,6 +60,7 @@ from omr_desktop.pipeline.reprocess import (
     PrecomputedDetections,
     ReprocessError,
     ReprocessRequest,
+    SheetJob,
     TaskCancelledError,
     detect_reading,
     load_jobs,
@@ -77,9 +79,10 @@ FINAL_TASK_NAME = "omr_desktop.write_results"
 # redo, and a 7,109-sheet task makes 112 messages, not 7,109.
 DEFAULT_CHUNK_SHEETS = 64
 
-# A chunk delivered this many times without finishing fails the task: its
-# workers keep dying on it (out of memory, say), and redelivering it for
-# ever would never end the task.
+# A chunk delivered this many times without finishing fails the task,
+# because redelivering it for ever would never end the task. Either its
+# workers keep dying on it (out of memory, say), or it runs longer than
+# the visibility timeout, which delivers it again while it still runs.
 MAX_CHUNK_DELIVERIES = 3
 
 # The final step waits for late chunk results (a chunk delivered twice can
@@ -289,7 +292,8 @@ def reprocess_omr_sheet_task(
         _progress(task_id, ev.LOADING_SHEETS, f"Loaded {total} sheets", 100, 0, total)
     )
     mode = "re-deciding stored fills" if redecide else "detecting"
-    message = f"Dispatching {total} sheets in {len(chunks)} chunks to the workers"
+    count = f"{len(chunks)} chunk" if len(chunks) == 1 else f"{len(chunks)} chunks"
+    message = f"Dispatching {total} sheets in {count} to the workers"
     sink.report(
         _progress(task_id, ev.PROCESSING_SHEETS, f"{message} ({mode})", 0, 0, total)
     )
@@ -300,9 +304,7 @@ def reprocess_omr_sheet_task(
     body = write_results.si(
         task_id, list(ids), profile_id, keep_manual, redecide, len(chunks)
     )
-    logger.info(
-        "Task %s: %d sheets in %d chunks dispatched", task_id, total, len(chunks)
-    )
+    logger.info("Task %s: %d sheets in %s dispatched", task_id, total, count)
     return self.replace(chord(header, body))
 
 
@@ -395,8 +397,10 @@ def detect_chunk(
     if deliveries > MAX_CHUNK_DELIVERIES:
         reason = (
             f"Chunk {chunk} (sheets {sheet_ids[0]} to {sheet_ids[-1]}) was "
-            f"delivered {deliveries - 1} times and never finished: its "
-            "workers stopped while detecting it. Check the workers' logs."
+            f"delivered {deliveries - 1} times and never finished: it ran "
+            "longer than the visibility timeout, or its workers stopped while "
+            f"detecting it. Raise {VISIBILITY_VARIABLE} above the longest "
+            "chunk's time, or check the workers' logs."
         )
         fail_task(database, sink, task_id, reason, total)
         raise ClusterTaskError(reason)
@@ -443,7 +447,9 @@ def _detect(
     for job in jobs:
         if sink.cancelled:
             raise TaskCancelledError()
-        reading = detect_reading(job, settings, redecide)
+        # Re-deciding reads stored fills, not images, so any path will do.
+        path_failure = None if redecide else _relative_path_failure(job)
+        reading = path_failure or detect_reading(job, settings, redecide)
         readings[job.sheet.id] = reading
         processed, failed, due = events.sheet_done(
             task_id, job.sheet.id, isinstance(reading, str), total
@@ -460,6 +466,29 @@ def _detect(
             )
             sink.report_counted(event, processed)
     return readings
+
+
+def _relative_path_failure(job: SheetJob) -> str | None:
+    """Return why the sheet fails if its image path is relative, else None.
+
+    A worker would resolve a relative path against its own working
+    directory, which differs between workers and from the importer's. As
+    in the local pipeline, an image that cannot be read fails its sheet
+    only; the application's ClusterEngine rejects such tasks before
+    sending them, but a task sent straight to the broker reaches here.
+    """
+    path = job.sheet.image_path
+    if Path(path).is_absolute():
+        return None
+    logger.warning(
+        "Sheet %d not reprocessed: relative image path %r", job.sheet.id, path
+    )
+    return (
+        f"Image path {path!r} is relative: cluster mode needs absolute image "
+        "paths that every worker can read, such as a shared folder mounted at "
+        "the same path on every worker. Re-import the sheet with an absolute "
+        "path, or reprocess it with the local engine."
+    )
 
 
 # -- The final step --------------------------------------------------------

@@ -9,6 +9,7 @@ one with SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -54,15 +55,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """Start a private redis-server on a free loopback port; return its URL."""
+@contextlib.contextmanager
+def running_redis(folder: Path, *options: str) -> Iterator[str]:
+    """Run a redis-server on a free loopback port in ``folder``; yield its URL.
+
+    ``options`` are added to its command line, such as ``--rename-command``.
+    """
     if not os.path.exists(REDIS_SERVER):
         pytest.skip(
             "redis-server not found: install Debian's redis-server package "
             "(scripts/run-tests does so when run as root)."
         )
-    folder = tmp_path / "redis"
     folder.mkdir()
     port = free_port()
     process = subprocess.Popen(
@@ -78,6 +81,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
             "no",
             "--dir",
             str(folder),
+            *options,
         ],
         stdout=(folder / "redis.log").open("wb"),
         stderr=subprocess.STDOUT,
@@ -102,6 +106,13 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         client.close()
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """Start a private redis-server on a free loopback port; return its URL."""
+    with running_redis(tmp_path / "redis") as url:
+        yield url
 
 
 @pytest.fixture
@@ -161,39 +172,10 @@ def start_worker(
     workers: list[Worker] = []
 
     def start(dsn: str, concurrency: int = 2, pool: str | None = None) -> Worker:
-        # Threads by default, so SIGKILL ends every task slot at once;
-        # OMR_TEST_WORKER_POOL=prefork runs the same tests on the default pool.
-        pool = pool or os.environ.get("OMR_TEST_WORKER_POOL") or "threads"
-        name = f"test{len(workers) + 1}@{RUN_ID}"
-        log_path = tmp_path / f"worker{len(workers) + 1}.log"
-        env = dict(os.environ)
-        env.update(
-            OMR_DATABASE_URL=dsn,
-            OMR_BROKER_URL=redis_url,
-            OMR_CLUSTER_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT_S),
-            OMR_LOG_LEVEL="INFO",
-            OMR_DATA_DIR=str(tmp_path / f"worker{len(workers) + 1}-data"),
+        number = len(workers) + 1
+        worker = spawn_worker(
+            dsn, redis_url, tmp_path, f"worker{number}", concurrency, pool
         )
-        command = [
-            sys.executable,
-            "-m",
-            "omr_desktop.cli",
-            "worker",
-            "--pool",
-            pool,
-            "--concurrency",
-            str(concurrency),
-            "--name",
-            name,
-        ]
-        process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        worker = Worker(name, process, log_path)
         workers.append(worker)
         _wait_ready(celery_app, worker)
         return worker
@@ -203,6 +185,53 @@ def start_worker(
     finally:
         for worker in workers:
             worker.stop()
+
+
+def spawn_worker(
+    dsn: str,
+    broker_url: str,
+    folder: Path,
+    label: str,
+    concurrency: int = 2,
+    pool: str | None = None,
+) -> Worker:
+    """Start an ``omr-desktop worker`` subprocess without waiting for it.
+
+    Its log is ``folder/<label>.log`` and its data folder ``<label>-data``.
+    """
+    # Threads by default, so SIGKILL ends every task slot at once;
+    # OMR_TEST_WORKER_POOL=prefork runs the same tests on the default pool.
+    pool = pool or os.environ.get("OMR_TEST_WORKER_POOL") or "threads"
+    name = f"test-{label}@{RUN_ID}"
+    log_path = folder / f"{label}.log"
+    env = dict(os.environ)
+    env.update(
+        OMR_DATABASE_URL=dsn,
+        OMR_BROKER_URL=broker_url,
+        OMR_CLUSTER_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT_S),
+        OMR_LOG_LEVEL="INFO",
+        OMR_DATA_DIR=str(folder / f"{label}-data"),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "omr_desktop.cli",
+        "worker",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "--name",
+        name,
+    ]
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return Worker(name, process, log_path)
 
 
 def _wait_ready(app: Any, worker: Worker) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -78,6 +80,11 @@ def test_manager_runs_task_on_cluster(
     assert relayed == published
     assert [s.data for s in stored] == published
     assert relayed[-1]["event"] == ev.COMPLETE
+    # Four sheets make one chunk of the default 64 sheets.
+    messages = [e["message"] for e in relayed]
+    assert f"Dispatching {len(ids)} sheets in 1 chunk to the workers (detecting)" in (
+        messages
+    )
 
 
 def test_unreachable_broker_fails_task_cleanly(
@@ -105,6 +112,8 @@ def test_unreachable_broker_fails_task_cleanly(
     assert row.error is not None
     assert "is unreachable" in row.error
     assert "switch the engine to local threads" in row.error
+    assert "Connection refused. The task was not sent" in row.error
+    assert ".." not in row.error
     assert recorder.events[-1].event == ev.ERROR
     assert result_rows(dsn) == before
 
@@ -135,3 +144,53 @@ def test_relative_image_path_is_rejected(
     assert row.error is not None
     assert f"{ids[0]} (scans/1.png)" in row.error
     assert "relative image paths" in row.error
+
+
+def test_task_without_worker_fails_after_progress_timeout(
+    cluster_database: tuple[Database, str, list[int]],
+    cluster_settings: ClusterSettings,
+    start_worker: Callable[..., Worker],
+    celery_app: Any,
+    redis_events: Any,
+) -> None:
+    database, dsn, ids = cluster_database
+    before = result_rows(dsn)
+    settings = dataclasses.replace(cluster_settings, progress_timeout_s=3.0)
+    engine = ClusterEngine(settings, database)
+    manager = TaskManager(database, engine=engine)
+    recorder = Recorder()
+    manager.add_listener(recorder)
+    try:
+        task_id = manager.submit(ReprocessRequest(tuple(ids), 2))
+        assert manager.wait(task_id, TASK_TIMEOUT_S)
+    finally:
+        manager.shutdown()
+        engine.close()
+
+    with database.connect() as conn:
+        row = task_store.get_task(conn, task_id)
+        stored = task_store.events_after(conn, task_id)
+    assert row is not None
+    assert row.status == task_store.FAILURE
+    assert row.error is not None
+    assert row.error.startswith("No cluster worker reported progress for 3 s")
+    assert "check that a worker is running" in row.error
+    assert recorder.events[-1].event == ev.ERROR
+    assert recorder.events[-1].result == {"reason": row.error}
+    published = redis_events.history(task_id)
+    assert published[-1]["event"] == ev.ERROR
+    assert [s.data for s in stored] == published
+    assert result_rows(dsn) == before
+
+    # A worker that takes the queued message later finds the task ended.
+    start_worker(dsn)
+    deadline = time.monotonic() + TASK_TIMEOUT_S
+    while celery_app.AsyncResult(task_id).state != "FAILURE":
+        assert time.monotonic() < deadline, "the Celery result never failed"
+        time.sleep(0.1)
+    with database.connect() as conn:
+        after = task_store.get_task(conn, task_id)
+    assert after is not None
+    assert after.status == task_store.FAILURE
+    assert after.error == row.error
+    assert result_rows(dsn) == before

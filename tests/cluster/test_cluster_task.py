@@ -230,6 +230,10 @@ def test_chunk_that_keeps_killing_workers_fails_task(
     assert row.status == task_store.FAILURE
     assert row.error is not None
     assert "never finished" in row.error
+    # A live worker whose chunk outran the visibility timeout is one cause.
+    assert "ran longer than the visibility timeout" in row.error
+    assert "or its workers stopped" in row.error
+    assert "Raise OMR_CLUSTER_VISIBILITY_TIMEOUT" in row.error
     assert result_rows(cluster_dsn) == before
     events = redis_events.history(task_id)
     assert events[-1]["event"] == ev.ERROR
@@ -238,3 +242,33 @@ def test_chunk_that_keeps_killing_workers_fails_task(
     while celery_app.AsyncResult(task_id).state != "FAILURE":
         assert time.monotonic() < deadline, "the Celery result never failed"
         time.sleep(0.1)
+
+
+def test_relative_image_path_fails_its_sheet(
+    seeded_pair: Callable[[int], tuple[str, str, list[int]]],
+    start_worker: Callable[..., Worker],
+    celery_app: Any,
+) -> None:
+    _local_dsn, cluster_dsn, sheet_ids = seeded_pair(2)
+    relative, absolute = sheet_ids
+    with psycopg.connect(cluster_dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE sheets SET image_path = 'scans/1.png' WHERE id = %s", (relative,)
+        )
+    start_worker(cluster_dsn)
+
+    # Sent straight to the broker, as the web deployment does, so no
+    # ClusterEngine checks the paths first.
+    task_id = send(celery_app, sheet_ids, chunk_sheets=1)
+    row = wait_for_row(cluster_dsn, task_id, TASK_TIMEOUT_S)
+
+    assert row.status == task_store.SUCCESS, row.error
+    assert row.result["sheets_processed"] == 1
+    assert row.result["sheets_failed"] == 1
+    failed = row.result["failed_sheets"]
+    assert [f["sheet_id"] for f in failed] == [relative]
+    assert "'scans/1.png' is relative" in failed[0]["error"]
+    assert (
+        "needs absolute image paths that every worker can read" in (failed[0]["error"])
+    )
+    assert absolute not in [f["sheet_id"] for f in failed]
