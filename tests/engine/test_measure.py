@@ -123,3 +123,18 @@ def test_half_page_measures_like_full_page(
     assert half_image.shape == (1200, 850)
     half = measure_fills(half_image, demo, SETTINGS)
     assert np.abs(full - half).max() < 0.03
+
+
+@pytest.mark.parametrize(
+    ("dx", "dy"),
+    [(0, 0), (3, -2), (-200, 0), (0, -300), (900, 5), (-4, 1300)],
+)
+def test_shifted_samples_clip_to_page_edge(demo: Template, dx: int, dy: int) -> None:
+    geometry = measure._geometry(demo, SETTINGS, 2)
+    offset = np.zeros((demo.n_bubbles, 2), dtype=np.intp)
+    offset[::2] = (dx, dy)  # every other bubble moves, the rest stays
+    x = np.clip(geometry.sample_x + offset[:, 0:1], 0, geometry.width - 1)
+    y = np.clip(geometry.sample_y + offset[:, 1:2], 0, geometry.height - 1)
+    index = measure._shifted_index(geometry, offset)
+    assert index.shape == geometry.sample_index.shape
+    assert np.array_equal(index, y * geometry.width + x)
