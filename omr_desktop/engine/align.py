@@ -207,11 +207,24 @@ def _box_means(
     into the next row instead, which only matters for bubbles within the
     search limit of the page edge.
     """
-    last = integral.size - 1
-    index = np.clip(search.corner_index[:, None, :] + offsets[None, :, :], 0, last)
+    index = search.corner_index[:, None, :] + offsets[None, :, :]
+    if _reaches_outside(search, offsets, integral.size):
+        np.clip(index, 0, integral.size - 1, out=index)
     top_left, top_right, bottom_left, bottom_right = integral[index]
-    total = bottom_right.astype(np.float64) - top_right - bottom_left + top_left
+    # The box sums are exact in int32, because each difference of two
+    # corners in one column lies between 0 and the largest integral value.
+    # Dividing them gives the same means as summing in float64 would.
+    total = (bottom_right - top_right) - (bottom_left - top_left)
     return np.asarray(total / search.area[None, :], dtype=np.float64)
+
+
+def _reaches_outside(
+    search: ShiftSearch, offsets: npt.NDArray[np.intp], size: int
+) -> bool:
+    """Return True when a shifted corner index falls outside the integral."""
+    low = int(search.corner_index.min()) + int(offsets.min())
+    high = int(search.corner_index.max()) + int(offsets.max())
+    return low < 0 or high > size - 1
 
 
 def _block_contrast(
