@@ -53,6 +53,13 @@ class ShiftSearch:
         limit: (n_blocks,) int, the largest shift allowed per block.
         min_contrast: (n_blocks,) float, the score below which a block
             counts as blank and stays in place.
+        sum_index: (n_fields, max_bubbles) int, each field's bubbles as
+            columns of the means with a 0 and an inf column appended;
+            padding points at the 0 column.
+        min_index: (max_bubbles, n_fields) int, the same transposed, with
+            padding at the inf column.
+        block_weights: (n_fields, n_blocks) float, 1 where the field is in
+            the block.
     """
 
     scale: int
@@ -63,6 +70,9 @@ class ShiftSearch:
     stride: int
     limit: npt.NDArray[np.intp]
     min_contrast: npt.NDArray[np.float64]
+    sum_index: npt.NDArray[np.intp]
+    min_index: npt.NDArray[np.intp]
+    block_weights: npt.NDArray[np.float64]
 
 
 def reduced_scale(bubble_px: float) -> int:
@@ -140,7 +150,21 @@ def build_shift_search(
     area = ((x2 - x1) * (y2 - y1)).astype(np.float64)
     fields = np.bincount(layout.field_block, minlength=n_blocks)
     floor = _MIN_FIELD_CONTRAST * fields.astype(np.float64)
-    return ShiftSearch(scale, shifts, coarse, corner_index, area, stride, limit, floor)
+    n_bubbles = len(boxes)
+    one_hot = layout.field_block[:, None] == np.arange(n_blocks)[None, :]
+    return ShiftSearch(
+        scale=scale,
+        shifts=shifts,
+        coarse=coarse,
+        corner_index=corner_index,
+        area=area,
+        stride=stride,
+        limit=limit,
+        min_contrast=floor,
+        sum_index=np.where(layout.valid, layout.index, n_bubbles).astype(np.intp),
+        min_index=np.where(layout.valid, layout.index, n_bubbles + 1).T.copy(),
+        block_weights=one_hot.astype(np.float64),
+    )
 
 
 def find_block_shifts(
@@ -189,7 +213,7 @@ def _scores(
     """Score per-block shifts (n_shifts, n_blocks, 2); -inf beyond a limit."""
     offsets = shifts[..., 1] * search.stride + shifts[..., 0]  # (n_shifts, n_blocks)
     means = _box_means(integral.ravel(), search, offsets[:, layout.bubble_block])
-    score = _block_contrast(means, layout, shifts.shape[1])
+    score = _block_contrast(means, layout, search)
     reach = np.abs(shifts).max(axis=2)  # (n_shifts, n_blocks)
     return np.where(reach <= search.limit[None, :], score, -np.inf)
 
@@ -207,21 +231,41 @@ def _box_means(
     into the next row instead, which only matters for bubbles within the
     search limit of the page edge.
     """
-    last = integral.size - 1
-    index = np.clip(search.corner_index[:, None, :] + offsets[None, :, :], 0, last)
+    index = search.corner_index[:, None, :] + offsets[None, :, :]
+    if _reaches_outside(search, offsets, integral.size):
+        np.clip(index, 0, integral.size - 1, out=index)
     top_left, top_right, bottom_left, bottom_right = integral[index]
-    total = bottom_right.astype(np.float64) - top_right - bottom_left + top_left
+    # The box sums are exact in int32, because each difference of two
+    # corners in one column lies between 0 and the largest integral value.
+    # Dividing them gives the same means as summing in float64 would.
+    total = (bottom_right - top_right) - (bottom_left - top_left)
     return np.asarray(total / search.area[None, :], dtype=np.float64)
 
 
+def _reaches_outside(
+    search: ShiftSearch, offsets: npt.NDArray[np.intp], size: int
+) -> bool:
+    """Return True when a shifted corner index falls outside the integral."""
+    low = int(search.corner_index.min()) + int(offsets.min())
+    high = int(search.corner_index.max()) + int(offsets.max())
+    return low < 0 or high > size - 1
+
+
 def _block_contrast(
-    means: npt.NDArray[np.float64], layout: FieldLayout, n_blocks: int
+    means: npt.NDArray[np.float64], layout: FieldLayout, search: ShiftSearch
 ) -> npt.NDArray[np.float64]:
     """Sum per block of (field mean - field minimum), shape (n_shifts, n_blocks)."""
-    grid = means[:, layout.index]
-    valid = layout.valid[None, :, :]
-    field_min = np.where(valid, grid, np.inf).min(axis=2)
-    field_mean = np.where(valid, grid, 0.0).sum(axis=2) / layout.counts[None, :]
-    contrast = field_mean - field_min
-    one_hot = layout.field_block[:, None] == np.arange(n_blocks)[None, :]
-    return np.asarray(contrast @ one_hot.astype(np.float64), dtype=np.float64)
+    # Padding reads an appended 0 for the sums and inf for the minimums.
+    # The minimum runs over the outer axis of a transposed gather, which
+    # numpy vectorises across fields; over a last axis of 5-10 bubbles it
+    # took 40 % longer. The sum keeps the (n_fields, max_bubbles) layout,
+    # because its rounding depends on the summation order.
+    n_shifts, n_bubbles = means.shape
+    padded = np.empty((n_shifts, n_bubbles + 2), dtype=np.float64)
+    padded[:, :n_bubbles] = means
+    padded[:, n_bubbles] = 0.0
+    padded[:, n_bubbles + 1] = np.inf
+    field_min = padded[:, search.min_index].min(axis=1)
+    field_sum = padded[:, search.sum_index].sum(axis=2)
+    contrast = field_sum / layout.counts[None, :] - field_min
+    return np.asarray(contrast @ search.block_weights, dtype=np.float64)

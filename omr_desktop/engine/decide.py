@@ -39,9 +39,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from omr_desktop.engine.answer_plan import (
+    AnswerPlan,
+    ColumnPlan,
+    answer_plan,
+    spell_marks,
+)
 from omr_desktop.engine.layout import FieldLayout, field_layout
 from omr_desktop.engine.profile import DecisionSettings
-from omr_desktop.engine.template import FieldKind, Template
+from omr_desktop.engine.template import Template
 
 REASONS = ("clear", "light_mark", "multi_mark", "near_threshold", "erased", "blank")
 MULTI_MARK_MARKER = "*"
@@ -227,39 +233,30 @@ def _decide_fields(
     )
 
 
-def _blank_blocks(
-    template: Template, layout: FieldLayout, fd: _FieldDecisions
-) -> npt.NDArray[np.bool_]:
+def _blank_blocks(plan: AnswerPlan, fd: _FieldDecisions) -> npt.NDArray[np.bool_]:
     """Return per block whether every question field in it is blank."""
-    is_question = np.array([f.kind is FieldKind.QUESTION for f in template.fields])
-    n_blocks = len(layout.block_names)
-    one_hot = layout.field_block[:, None] == np.arange(n_blocks)[None, :]
-    questions = (one_hot & is_question[:, None]).sum(axis=0)
     seen = (fd.n_marked > 0) | (fd.reason == "light_mark")
-    with_marks = (one_hot & (is_question & seen)[:, None]).sum(axis=0)
-    return np.asarray((questions > 0) & (with_marks == 0), dtype=np.bool_)
+    with_marks = (plan.block_one_hot & (plan.is_question & seen)[:, None]).sum(axis=0)
+    return np.asarray(
+        (plan.questions_per_block > 0) & (with_marks == 0), dtype=np.bool_
+    )
 
 
 def _field_strings(
-    template: Template, fd: _FieldDecisions, policy: str
+    plan: AnswerPlan, fd: _FieldDecisions, policy: str
 ) -> tuple[list[str], list[str]]:
-    raws: list[str] = []
-    corrected: list[str] = []
-    rows = fd.marked.tolist()
-    resolved = fd.resolved.tolist()
-    darkest = fd.darkest.tolist()
-    for fld, row, won, top in zip(
-        template.fields, rows, resolved, darkest, strict=True
-    ):
-        values = [b.value for b, hit in zip(fld.bubbles, row, strict=False) if hit]
-        raw = "".join(values)
-        raws.append(raw)
-        if len(values) < 2 or policy == "all":
-            corrected.append(raw)
-        elif won:
-            corrected.append(fld.bubbles[top].value)
+    """Return each field's raw and corrected answer strings."""
+    raws = spell_marks(plan, fd.marked)
+    corrected = list(raws)
+    if policy == "all":
+        return raws, corrected
+    # Only a multi-mark reads differently once corrected, and most sheets
+    # have none or a few.
+    for i in np.flatnonzero(fd.n_marked >= 2).tolist():
+        if fd.resolved[i]:
+            corrected[i] = plan.values[i][fd.darkest[i]]
         else:
-            corrected.append(MULTI_MARK_MARKER)
+            corrected[i] = MULTI_MARK_MARKER
     return raws, corrected
 
 
@@ -284,19 +281,17 @@ def decide(
     Raises:
         ValueError: ``fills`` does not have one value per template bubble.
     """
+    plan = answer_plan(template)
     fills = np.asarray(fills, dtype=np.float32)
-    if fills.shape != (template.n_bubbles,):
+    if fills.shape != (plan.n_bubbles,):
         raise ValueError(
-            f"fills must have shape ({template.n_bubbles},), got {fills.shape}"
+            f"fills must have shape ({plan.n_bubbles},), got {fills.shape}"
         )
     layout = field_layout(template)
     fd = _decide_fields(_relative_fills(fills, layout), layout, decision)
-    blank_blocks = _blank_blocks(template, layout, fd)
+    blank_blocks = _blank_blocks(plan, fd)
     flagged = blank_blocks[layout.field_block] & decision.flag_blank_blocks
-    raws, corrected = _field_strings(template, fd, decision.multi_mark_policy)
-    position = template.field_positions
-    starts = np.concatenate([[0], np.cumsum(layout.counts)])
-
+    raws, corrected = _field_strings(plan, fd, decision.multi_mark_policy)
     columns = _ColumnInputs(
         raws=raws,
         corrected=corrected,
@@ -304,20 +299,12 @@ def decide(
         reasons=fd.reason.tolist(),
         review=(fd.needs_review | flagged).tolist(),
         fills=fills.tolist(),
-        starts=starts.tolist(),
-        empties=[f.empty_value for f in template.fields],
+        starts=plan.field_starts,
+        empties=plan.empties,
     )
-    answers = [
-        _column_answer(
-            column,
-            [position[label] for label in template.column_fields(column)],
-            columns,
-        )
-        for column in template.question_columns
-    ]
-    identifiers, doubtful = _identifiers(template, position, raws, fd)
+    identifiers, doubtful = _identifiers(plan, raws, fd.n_marked.tolist())
     return SheetReading(
-        answers=tuple(answers),
+        answers=_answers(plan, columns),
         identifiers=identifiers,
         blank_sheet=not bool(fd.n_marked.any()),
         fills=fills,
@@ -341,29 +328,50 @@ class _ColumnInputs:
     reasons: list[str]
     review: list[bool]
     fills: list[float]
-    starts: list[int]
-    empties: list[str]
+    starts: Sequence[int]
+    empties: Sequence[str]
 
 
-def _column_answer(column: str, members: Sequence[int], c: _ColumnInputs) -> Answer:
-    if len(members) == 1:
-        i = members[0]
-        return Answer(
-            question=column,
+def _answers(plan: AnswerPlan, c: _ColumnInputs) -> tuple[Answer, ...]:
+    """Build one `Answer` per question column, in output order."""
+    answers: list[Answer] = []
+    for col in plan.questions:
+        if len(col.members) > 1:
+            answers.append(_joined_answer(col, c))
+            continue
+        i = col.field
+        # Filling the instance dictionary directly builds the same frozen
+        # Answer as its __init__ in 0.4 us instead of 1.0 us, because the
+        # generated __init__ sets each field through object.__setattr__.
+        # Answer has no __post_init__ and no __slots__, and a test checks
+        # that both ways build equal answers.
+        answer = _new_instance(Answer)
+        answer.__dict__.update(
+            question=col.name,
             answer_raw=c.raws[i],
             answer_corrected=c.corrected[i],
             confidence_score=c.confidence[i],
             reason=c.reasons[i],
             needs_review=c.review[i],
-            fills=tuple(c.fills[c.starts[i] : c.starts[i + 1]]),
+            fills=tuple(c.fills[col.fill_start : col.fill_end]),
             empty_value=c.empties[i],
         )
+        answers.append(answer)
+    return tuple(answers)
+
+
+_new_instance = object.__new__
+
+
+def _joined_answer(col: ColumnPlan, c: _ColumnInputs) -> Answer:
+    """Build the `Answer` of a column made of several fields."""
+    members = col.members
     empties = [c.empties[i] for i in members]
     column_fills: list[float] = []
     for i in members:
         column_fills.extend(c.fills[c.starts[i] : c.starts[i + 1]])
     return Answer(
-        question=column,
+        question=col.name,
         answer_raw=_join([c.raws[i] for i in members], empties),
         answer_corrected=_join([c.corrected[i] for i in members], empties),
         confidence_score=min(c.confidence[i] for i in members),
@@ -375,18 +383,12 @@ def _column_answer(column: str, members: Sequence[int], c: _ColumnInputs) -> Ans
 
 
 def _identifiers(
-    template: Template,
-    position: Mapping[str, int],
-    raws: Sequence[str],
-    fd: _FieldDecisions,
+    plan: AnswerPlan, raws: Sequence[str], n_marked: Sequence[int]
 ) -> tuple[dict[str, str], tuple[str, ...]]:
     values: dict[str, str] = {}
     doubtful: list[str] = []
-    for column in template.identifier_columns:
-        members = [position[label] for label in template.column_fields(column)]
-        values[column] = "".join(
-            raws[i] or template.fields[i].empty_value for i in members
-        )
-        if any(fd.n_marked[i] >= 2 for i in members):
-            doubtful.append(column)
+    for col in plan.identifiers:
+        values[col.name] = "".join(raws[i] or plan.empties[i] for i in col.members)
+        if any(n_marked[i] >= 2 for i in col.members):
+            doubtful.append(col.name)
     return values, tuple(doubtful)

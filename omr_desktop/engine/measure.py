@@ -56,6 +56,8 @@ class _Geometry:
     sample_x: npt.NDArray[np.intp]  # (n_bubbles, K) page x of each sample
     sample_y: npt.NDArray[np.intp]  # (n_bubbles, K) page y of each sample
     sample_index: npt.NDArray[np.intp]  # (n_bubbles, K) flat page indices
+    sample_x_range: npt.NDArray[np.intp]  # (n_bubbles, 2) min and max of sample_x
+    sample_y_range: npt.NDArray[np.intp]  # (n_bubbles, 2) min and max of sample_y
     paper_scale: int  # page px per paper-map px
     paper_shape: tuple[int, int]  # (height, width) of the paper map
     paper_kernel: int  # closing kernel side, paper-map px
@@ -156,6 +158,8 @@ def _build_geometry(
         sample_x=px,
         sample_y=py,
         sample_index=py * width + px,
+        sample_x_range=np.stack([px.min(axis=1), px.max(axis=1)], axis=1),
+        sample_y_range=np.stack([py.min(axis=1), py.max(axis=1)], axis=1),
         paper_scale=scale,
         paper_shape=shape,
         paper_kernel=kernel,
@@ -194,11 +198,26 @@ def paper_map(reduced: npt.NDArray[np.uint8], kernel: int) -> npt.NDArray[np.flo
     than the kernel but follows a shading ramp exactly, so a page
     darkening from 235 to 150 grey keeps its blank bubbles near fill 0.
     """
-    small = reduced
+    return np.maximum(_closed_paper(reduced, kernel).astype(np.float32), 1.0)
+
+
+def _closed_paper(reduced: npt.NDArray[np.uint8], kernel: int) -> npt.NDArray[np.uint8]:
+    """Return the closed and 3 x 3 smoothed page that `paper_map` converts."""
     element = cv2.getStructuringElement(cv2.MORPH_RECT, (kernel, kernel))
-    closed = cv2.morphologyEx(small, cv2.MORPH_CLOSE, element)
-    smooth = cv2.blur(closed, (3, 3))
-    return np.maximum(smooth.astype(np.float32), 1.0)
+    closed = cv2.morphologyEx(reduced, cv2.MORPH_CLOSE, element)
+    return np.asarray(cv2.blur(closed, (3, 3)), dtype=np.uint8)
+
+
+def _bubble_paper(
+    reduced: npt.NDArray[np.uint8], geometry: _Geometry
+) -> npt.NDArray[np.float32]:
+    """Return `paper_map` at each bubble centre, shape (n_bubbles,).
+
+    Converting only the bubble centres' pixels gives the same values as
+    indexing the whole float32 map, without building it.
+    """
+    closed = _closed_paper(reduced, geometry.paper_kernel)
+    return np.maximum(closed.ravel()[geometry.paper_index].astype(np.float32), 1.0)
 
 
 def _sample_index(
@@ -212,10 +231,37 @@ def _sample_index(
     shifts = find_block_shifts(shrink_by(toned, search.scale), layout, search)
     if not shifts.any():
         return geometry.sample_index
-    offset = shifts[layout.bubble_block]
+    return _shifted_index(geometry, shifts[layout.bubble_block])
+
+
+def _shifted_index(
+    geometry: _Geometry, offset: npt.NDArray[np.intp]
+) -> npt.NDArray[np.intp]:
+    """Return the flat sample indices moved by (dx, dy) per bubble.
+
+    ``offset`` is (n_bubbles, 2) in image px. A sample moved off the page
+    is clipped to its edge.
+    """
+    if _shifts_stay_inside(geometry, offset):
+        # Without clipping, (y + dy) * width + x + dx is the flat index
+        # plus one offset per bubble: one addition instead of five passes.
+        flat_offset = offset[:, 1] * geometry.width + offset[:, 0]
+        return np.asarray(geometry.sample_index + flat_offset[:, None], np.intp)
     px = np.clip(geometry.sample_x + offset[:, 0:1], 0, geometry.width - 1)
     py = np.clip(geometry.sample_y + offset[:, 1:2], 0, geometry.height - 1)
     return np.asarray(py * geometry.width + px, dtype=np.intp)
+
+
+def _shifts_stay_inside(geometry: _Geometry, offset: npt.NDArray[np.intp]) -> bool:
+    """Return True when no shifted sample falls outside the page."""
+    x_range = geometry.sample_x_range + offset[:, 0:1]
+    y_range = geometry.sample_y_range + offset[:, 1:2]
+    return bool(
+        x_range[:, 0].min() >= 0
+        and x_range[:, 1].max() <= geometry.width - 1
+        and y_range[:, 0].min() >= 0
+        and y_range[:, 1].max() <= geometry.height - 1
+    )
 
 
 def measure_fills(
@@ -245,11 +291,14 @@ def measure_fills(
     geometry = _geometry(template, measurement, 1 if image.shape == page else 2)
     toned = apply_tone(image, effective_tone(template, measurement))
     reduced = shrink_by(toned, geometry.paper_scale)
-    paper = paper_map(reduced, geometry.paper_kernel)
-    bubble_paper = paper.ravel()[geometry.paper_index]
+    bubble_paper = _bubble_paper(reduced, geometry)
 
     index = _sample_index(toned, template, geometry)
-    samples = toned.ravel()[index]
+    # The order statistic is the same in int16. numpy 2.4 partitions 16-bit
+    # integers with SIMD code, 0.07 ms for 850 x 80 samples where uint8
+    # took 0.36 ms on an x86_64 CPU with AVX-512. The speed depends on the
+    # CPU, the result does not.
+    samples = toned.ravel()[index].astype(np.int16)
     kth = int(measurement.fill_quantile * (samples.shape[1] - 1))
     grey = np.partition(samples, kth, axis=1)[:, kth].astype(np.float32)
     fills = 1.0 - grey / bubble_paper

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from omr_desktop.engine.decide import REASONS, decide
+from omr_desktop.engine import answer_plan as answer_plan_module
+from omr_desktop.engine.answer_plan import answer_plan, spell_marks
+from omr_desktop.engine.decide import REASONS, Answer, decide
 from omr_desktop.engine.profile import (
     BUILTIN_PROFILES,
     DecisionSettings,
@@ -194,3 +196,68 @@ def test_redecide_rejects_other_measurement(
 
 def test_decision_settings_are_plain_data() -> None:
     assert DecisionSettings() == BUILTIN_PROFILES[1].settings.decision
+
+
+def test_answers_equal_answers_built_by_init(demo: Template) -> None:
+    # decide fills each Answer's __dict__ directly instead of calling the
+    # dataclass __init__, so each answer must equal one built by __init__.
+    fills = np.random.default_rng(8).uniform(0, 1, demo.n_bubbles).astype(np.float32)
+    answers = decide(fills, demo, SENSITIVE).answers
+    assert not hasattr(Answer, "__post_init__")
+    for answer in answers:
+        values = {f.name: getattr(answer, f.name) for f in dataclasses.fields(answer)}
+        rebuilt = Answer(**values)
+        assert rebuilt == answer
+        assert vars(rebuilt) == vars(answer)
+        assert hash(rebuilt) == hash(answer)
+        assert type(answer.fills) is tuple
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        answers[0].reason = "clear"  # type: ignore[misc]
+
+
+def _wide_template(options: int) -> Template:
+    data: dict[str, Any] = {
+        "pageDimensions": [40 + 30 * options, 100],
+        "bubbleDimensions": [20, 20],
+        "fieldBlocks": {
+            "Block": {
+                "bubbleValues": [f"v{i}" for i in range(options)],
+                "direction": "horizontal",
+                "origin": [20, 30],
+                "fieldLabels": ["q1"],
+                "bubblesGap": 30,
+                "labelsGap": 40,
+            }
+        },
+    }
+    return load_template(data)
+
+
+@pytest.mark.parametrize("options", [8, 63, 64, 70])
+def test_marks_spell_bubble_values_in_order(options: int) -> None:
+    # Up to 63 bubbles a field's marks are looked up by bit mask; wider
+    # fields spell them bubble by bubble.
+    template = _wide_template(options)
+    fills = np.full(options, 0.02, dtype=np.float32)
+    fills[[0, 5, options - 1]] = (0.9, 0.95, 0.5)
+    settings = dataclasses.replace(DEFAULT, multi_mark_gap=0.3)
+    for _ in range(2):  # the second read finds the spelling in the table
+        answer = decide(fills, template, settings).answers[0]
+        assert answer.answer_raw == f"v0v5v{options - 1}"
+        assert answer.answer_corrected == "*"
+    fills[5] = 0.02
+    answer = decide(fills, template, settings).answers[0]
+    assert answer.answer_raw == f"v0v{options - 1}"
+    assert answer.answer_corrected == "v0"
+
+
+def test_spelling_table_stops_growing() -> None:
+    template = _wide_template(14)
+    plan = answer_plan(template)
+    rng = np.random.default_rng(2)
+    for _ in range(6000):
+        marked = rng.random((1, 14)) < 0.5
+        spelled = spell_marks(plan, marked)
+        expected = "".join(f"v{j}" for j in np.flatnonzero(marked[0]))
+        assert spelled == [expected]
+    assert len(plan.spellings[0]) == answer_plan_module._MAX_CACHED_SPELLINGS

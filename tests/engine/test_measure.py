@@ -7,6 +7,7 @@ import inspect
 import textwrap
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -123,3 +124,34 @@ def test_half_page_measures_like_full_page(
     assert half_image.shape == (1200, 850)
     half = measure_fills(half_image, demo, SETTINGS)
     assert np.abs(full - half).max() < 0.03
+
+
+@pytest.mark.parametrize(
+    ("dx", "dy"),
+    [(0, 0), (3, -2), (-200, 0), (0, -300), (900, 5), (-4, 1300)],
+)
+def test_shifted_samples_clip_to_page_edge(demo: Template, dx: int, dy: int) -> None:
+    geometry = measure._geometry(demo, SETTINGS, 2)
+    offset = np.zeros((demo.n_bubbles, 2), dtype=np.intp)
+    offset[::2] = (dx, dy)  # every other bubble moves, the rest stays
+    x = np.clip(geometry.sample_x + offset[:, 0:1], 0, geometry.width - 1)
+    y = np.clip(geometry.sample_y + offset[:, 1:2], 0, geometry.height - 1)
+    index = measure._shifted_index(geometry, offset)
+    assert index.shape == geometry.sample_index.shape
+    assert np.array_equal(index, y * geometry.width + x)
+
+
+@pytest.mark.parametrize("dy", [0, -500, 2000])
+def test_box_means_are_clipped_corner_sums(demo: Template, dy: int) -> None:
+    image = np.random.default_rng(3).integers(0, 256, (1200, 850), dtype=np.uint8)
+    search = measure._geometry(demo, SETTINGS, 2).shift_search
+    assert search is not None
+    integral = cv2.integral(image).ravel()
+    offsets = np.tile(np.array([[dy * search.stride + 1]]), (2, demo.n_bubbles))
+    offsets[1, ::3] = 0  # one row mixes moved and unmoved boxes
+    index = np.clip(search.corner_index[:, None, :] + offsets, 0, integral.size - 1)
+    tl, tr, bl, br = integral[index].astype(np.float64)
+    expected = (br - tr - bl + tl) / search.area
+    means = align._box_means(integral, search, offsets)
+    assert means.dtype == np.float64
+    assert np.array_equal(means, expected)
