@@ -52,7 +52,7 @@ from omr_desktop.pipeline.task_manager import (
 )
 from tests.conftest import RUN_ID, drop_database, with_dbname
 from tests.db.builders import add_batch, add_sheet, add_template
-from tests.pipeline.conftest import WORKERS, EventLog, snapshot_tables
+from tests.pipeline.conftest import DEMO_SHEETS, WORKERS, EventLog, snapshot_tables
 
 pytestmark = pytest.mark.db
 
@@ -1436,7 +1436,13 @@ def test_copy_rows_survive_latin1_database(latin1_conninfo: str) -> None:
     assert stored == ("Zoë",)
 
 
+@pytest.mark.parametrize(
+    "changed_sheets",
+    [1, DEMO_SHEETS],
+    ids=["few rows changed, by ctid", "every row changed, by hash join"],
+)
 def test_answer_changed_without_lock_fails_task(
+    changed_sheets: int,
     manager: TaskManager,
     event_log: EventLog,
     database: Database,
@@ -1464,11 +1470,11 @@ def test_answer_changed_without_lock_fails_task(
     monkeypatch.setattr(
         reprocess_store, "_record_history", change_one_answer_then_record
     )
-    # Every answer of the first sheet differs from what the task reads, so
-    # the one the other writer changes is among the rows the task updates.
+    # Every answer of these sheets differs from what the task reads, so the
+    # one the other writer changes is among the rows the task updates.
     db.execute(
-        "UPDATE omr_answers SET answer_raw = 'Z' WHERE sheet_id = %s",
-        (demo_sheet_ids[0],),
+        "UPDATE omr_answers SET answer_raw = 'Z' WHERE sheet_id = ANY(%s)",
+        (demo_sheet_ids[:changed_sheets],),
     )
     db.commit()
     before = snapshot_tables(db)
