@@ -201,11 +201,16 @@ def child(args: argparse.Namespace) -> int:
 
 
 def overwrite_answers(conninfo: str) -> None:
-    """Make every stored answer differ from what the next reprocess reads."""
+    """Make every stored answer differ from what the next reprocess reads.
+
+    The fills are kept. Emptying them, as this script once did, made every
+    row grow again in the reprocess, which a real one never does: it never
+    changes the number of fills a row stores.
+    """
     with psycopg.connect(conninfo) as conn:
         conn.execute(
             "UPDATE omr_answers SET answer_raw = 'Z', answer_corrected = 'Z',"
-            " confidence_score = 0, fills = '{}'"
+            " confidence_score = 0"
         )
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE omr_answers")
