@@ -41,12 +41,12 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 600
 # event while it waits, so a long queue can exceed this limit too.
 PROGRESS_TIMEOUT_FACTOR = 2.0
 
-# Seconds a broker check waits for Redis to answer.
+# Seconds a broker check waits for Redis to respond.
 CONNECT_TIMEOUT_S = 3.0
 
 
 class ClusterConfigError(ValueError):
-    """A cluster setting is missing or invalid; the message says which."""
+    """A cluster setting is missing or invalid; the message names it."""
 
 
 class BrokerUnavailableError(RuntimeError):
@@ -145,7 +145,7 @@ def check_broker(settings: ClusterSettings) -> None:
     """Ping the broker once.
 
     Raises:
-        BrokerUnavailableError: Redis does not answer within
+        BrokerUnavailableError: Redis does not respond within
             ``CONNECT_TIMEOUT_S``, or rejects the connection.
     """
     import redis

@@ -165,33 +165,8 @@ def load_sheet_detail(conn: psycopg.Connection, sheet_id: int) -> SheetDetail | 
         " WHERE sheet_id = %s ORDER BY position",
         (sheet_id,),
     ).fetchall()
-    (
-        sid,
-        seq,
-        code,
-        name,
-        score,
-        path,
-        status,
-        error,
-        profile_id,
-        profile_name,
-        settings,
-        layout,
-    ) = row[:12]
     return SheetDetail(
-        sid,
-        seq,
-        code,
-        name,
-        score,
-        path,
-        status,
-        error,
-        profile_id,
-        profile_name,
-        settings,
-        layout,
+        *row[:12],
         fills=None if row[12] is None else tuple(row[12]),
         answers=tuple(
             AnswerDetail(

@@ -77,9 +77,8 @@ class MainWindow(QMainWindow):
         super().__init__()
         if pool is None:
             # The reads behind clicks run one at a time on one thread, so
-            # they share one connection with warm server caches: on a second
-            # pool thread the first open of a 10,000-sheet batch paid about
-            # 60 ms more for a new connection.
+            # they share one connection (see Database.reused) instead of
+            # authenticating a new one on each pool thread they land on.
             pool = QThreadPool(self)
             pool.setMaxThreadCount(1)
         self._pool = pool
