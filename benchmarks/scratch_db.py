@@ -63,9 +63,13 @@ def executemany_baseline(conninfo: str) -> float:
     Every row gets new raw and corrected answers, so every row changes.
     """
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        options = conn.execute(
+            "SELECT array_to_string(reloptions, ', ') FROM pg_class"
+            " WHERE oid = 'omr_answers'::regclass"
+        ).fetchone()
+        storage = f" WITH ({options[0]})" if options and options[0] else ""
         conn.execute(
-            "CREATE TABLE answers_baseline (LIKE omr_answers INCLUDING ALL)"
-            " WITH (fillfactor = 70)"
+            "CREATE TABLE answers_baseline (LIKE omr_answers INCLUDING ALL)" + storage
         )
         conn.execute("INSERT INTO answers_baseline SELECT * FROM omr_answers")
         conn.execute("VACUUM ANALYZE answers_baseline")

@@ -24,7 +24,6 @@ _EXPECTED = (
     ("omr_desktop.db.batch_store", "BatchExistsError"),
     ("omr_desktop.pipeline.importer", "ImportInputError"),
     ("omr_desktop.db.reprocess_store", "SheetsBusyError"),
-    ("omr_desktop.db.reprocess_store", "ConcurrentChangeError"),
     ("omr_desktop.db.history_store", "UndoError"),
     ("omr_desktop.db.export", "ExportError"),
     ("omr_desktop.db.corrections", "CorrectionError"),

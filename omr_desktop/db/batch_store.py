@@ -270,9 +270,11 @@ def delete_batch(conn: psycopg.Connection, batch_id: int) -> int:
             (sheet_ids,),
         ).fetchall()
     ]
-    # The answer history has no foreign keys, which keeps a reprocess that
-    # writes a million history rows fast, so nothing cascades into it.
-    conn.execute("DELETE FROM answer_history WHERE task_id = ANY(%s)", (task_ids,))
+    # The answer history has no foreign keys, which keeps writing it fast,
+    # so nothing cascades into it.
+    conn.execute(
+        "DELETE FROM answer_history_sheets WHERE task_id = ANY(%s)", (task_ids,)
+    )
     conn.execute("DELETE FROM reprocess_tasks WHERE task_id = ANY(%s)", (task_ids,))
     key = conn.execute(
         "DELETE FROM batches WHERE id = %s RETURNING answer_key_id", (batch_id,)

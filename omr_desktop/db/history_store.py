@@ -162,7 +162,7 @@ def prune_history(conn: psycopg.Connection, keep: int) -> tuple[int, int]:
         # The answer history has no foreign keys (they made writing it
         # slow), so rows of deleted sheets or tasks are removed here.
         orphans = conn.execute(
-            "DELETE FROM answer_history h WHERE NOT EXISTS"
+            "DELETE FROM answer_history_sheets h WHERE NOT EXISTS"
             " (SELECT 1 FROM sheets s WHERE s.id = h.sheet_id) OR NOT EXISTS"
             " (SELECT 1 FROM reprocess_tasks t WHERE t.task_id = h.task_id)"
         ).rowcount
@@ -171,7 +171,8 @@ def prune_history(conn: psycopg.Connection, keep: int) -> tuple[int, int]:
         answers = (
             orphans
             + conn.execute(
-                "DELETE FROM answer_history WHERE task_id = ANY(%s)", (task_ids,)
+                "DELETE FROM answer_history_sheets WHERE task_id = ANY(%s)",
+                (task_ids,),
             ).rowcount
         )
         sheets = conn.execute(

@@ -29,17 +29,8 @@ _ANSWER_VALUES = (
 )
 
 
-# Changed rows are updated one ctid lookup each when they are at most
-# 1/TID_UPDATE_SHARE of the staged rows (see _update_answers).
-TID_UPDATE_SHARE = 4
-
-
 class SheetsBusyError(RuntimeError):
     """Another transaction has locked some of the sheets."""
-
-
-class ConcurrentChangeError(RuntimeError):
-    """A writer changed the task's rows of omr_answers without locking their sheets."""
 
 
 @dataclass(frozen=True)
@@ -188,82 +179,142 @@ def copy_chunk(conn: psycopg.Connection, answers: bytes, sheets: bytes) -> None:
 def apply_changes(
     conn: psycopg.Connection, task_id: str, keep_manual: bool
 ) -> ChangeCounts:
-    """Record history, then write the staged rows that differ from the stored ones.
+    """Write the staged rows that differ from the stored ones, with their history.
 
     With ``keep_manual``, an answer corrected by hand keeps its
     ``answer_corrected`` and who corrected it; its raw answer, fills,
     confidence, reason and review marker still take the new values.
     """
-    conn.execute("ANALYZE reprocess_answers")
-    _select_changed(conn, keep_manual)
-    counts = _count_changes(conn)
-    _record_history(conn, task_id)
-    _update_answers(conn, counts.answers_updated)
+    inserted = _insert_missing_answers(conn, task_id)
+    updated, changed, corrections_kept = _update_answers(conn, task_id, keep_manual)
+    _record_sheet_history(conn, task_id)
     _update_sheets(conn, task_id)
-    return counts
+    return ChangeCounts(updated, changed, inserted, corrections_kept)
 
 
-def _select_changed(conn: psycopg.Connection, keep_manual: bool) -> None:
-    keep = sql.Literal(keep_manual)
-    new_values = sql.SQL(
-        "s.answer_raw,"
-        " CASE WHEN {keep} AND a.corrected_at IS NOT NULL"
-        "      THEN a.answer_corrected ELSE s.answer_corrected END,"
-        " s.confidence_score, s.fills, s.reason, s.needs_review,"
-        " CASE WHEN {keep} THEN a.corrected_by END,"
-        " CASE WHEN {keep} THEN a.corrected_at END"
-    ).format(keep=keep)
-    old_values = sql.SQL(", ").join(
-        sql.SQL("a.{}").format(sql.Identifier(c)) for c in _ANSWER_VALUES
-    )
-    conn.execute(
-        sql.SQL(
-            "CREATE TEMP TABLE reprocess_changed ON COMMIT DROP AS"
-            " SELECT s.sheet_id, s.question, s.position, n.*,"
-            "        a.ctid AS row_ctid, a.sheet_id IS NULL AS inserted,"
-            "        a.answer_raw AS old_raw, a.answer_corrected AS old_corrected,"
-            "        a.confidence_score AS old_confidence, a.fills AS old_fills,"
-            "        a.reason AS old_reason, a.needs_review AS old_review,"
-            "        a.corrected_by AS old_corrected_by,"
-            "        a.corrected_at AS old_corrected_at"
-            " FROM reprocess_answers s"
-            " LEFT JOIN omr_answers a"
-            "   ON a.sheet_id = s.sheet_id AND a.question = s.question"
-            " CROSS JOIN LATERAL (SELECT {new}) AS n ({names})"
-            " WHERE a.sheet_id IS NULL OR ROW({old}) IS DISTINCT FROM ROW(n.*)"
-        ).format(
-            new=new_values,
-            old=old_values,
-            names=sql.SQL(", ").join(map(sql.Identifier, _ANSWER_VALUES)),
-        )
-    )
+def _insert_missing_answers(conn: psycopg.Connection, task_id: str) -> int:
+    """Insert the answers of staged sheets that have none yet; return the count.
 
-
-def _count_changes(conn: psycopg.Connection) -> ChangeCounts:
+    A sheet has all its template's answers or none (it was never read), so
+    the sheets without any are found by one index probe each. Their rows
+    go into the history as inserted, so that undo deletes them.
+    """
+    missing = [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT r.sheet_id FROM reprocess_sheets r WHERE NOT EXISTS"
+            " (SELECT 1 FROM omr_answers a WHERE a.sheet_id = r.sheet_id)"
+        ).fetchall()
+    ]
+    if not missing:
+        return 0
     row = conn.execute(
-        "SELECT count(*) FILTER (WHERE NOT inserted),"
-        " count(*) FILTER (WHERE NOT inserted AND (answer_raw, answer_corrected)"
-        "   IS DISTINCT FROM (old_raw, old_corrected)),"
-        " count(*) FILTER (WHERE inserted),"
-        " count(*) FILTER (WHERE corrected_at IS NOT NULL)"
-        " FROM reprocess_changed"
+        "WITH added AS ("
+        "  INSERT INTO omr_answers (sheet_id, question, position, answer_raw,"
+        "   answer_corrected, confidence_score, fills, reason, needs_review)"
+        "  SELECT sheet_id, question, position, answer_raw, answer_corrected,"
+        "   confidence_score, fills, reason, needs_review"
+        "  FROM reprocess_answers WHERE sheet_id = ANY(%s)"
+        "  RETURNING sheet_id, question),"
+        " recorded AS ("
+        "  INSERT INTO answer_history_sheets (task_id, sheet_id, answers)"
+        "  SELECT %s, sheet_id, array_agg(ROW(question, '', '', 0, '{}', 'blank',"
+        "   false, NULL, NULL, true)::answer_snapshot)"
+        "  FROM added GROUP BY sheet_id"
+        "  RETURNING cardinality(answers) AS n)"
+        " SELECT coalesce(sum(n), 0) FROM recorded",
+        (missing, task_id),
     ).fetchone()
-    assert row is not None
-    return ChangeCounts(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+    return int(row[0]) if row else 0
 
 
-def _record_history(conn: psycopg.Connection, task_id: str) -> None:
-    conn.execute(
-        "INSERT INTO answer_history (task_id, sheet_id, question, answer_raw,"
-        " answer_corrected, confidence_score, fills, reason, needs_review,"
-        " corrected_by, corrected_at, inserted)"
-        " SELECT %s, sheet_id, question, coalesce(old_raw, ''),"
-        "  coalesce(old_corrected, ''), coalesce(old_confidence, 0),"
-        "  coalesce(old_fills, '{}'), coalesce(old_reason, 'blank'),"
-        "  coalesce(old_review, false), old_corrected_by, old_corrected_at, inserted"
-        " FROM reprocess_changed",
-        (task_id,),
+def _update_answers(
+    conn: psycopg.Connection, task_id: str, keep_manual: bool
+) -> tuple[int, int, int]:
+    """Update the stored answers that differ from the staged ones.
+
+    One hash join of the staging table with omr_answers feeds the UPDATE.
+    The statement trigger of migration 0007 writes the replaced rows to
+    the history while ``omr_desktop.history_task`` names this task. For
+    1,066,350 changed answers (embedded PostgreSQL 16,
+    ``benchmarks/db_load.py``) this took 4.3 s; selecting the changed rows
+    into a temporary table first, then writing the history and the UPDATE
+    from it took 6.1 s.
+
+    The rows whose raw or corrected answer changes are counted by the
+    UPDATE's own condition, which draws a number from a temporary sequence
+    for each of them. Counting them afterwards needs the old and the new
+    values side by side: a join of the trigger's old rows with the new ones
+    took 1.1 s of the 5.3 s.
+
+    A row that another writer changes while this statement runs, without
+    locking its sheet as every writer of OMR Desktop does, is updated from
+    its new version, and that version goes into the history: undo gives
+    back the other writer's value. (Its recheck may count the row twice.)
+
+    Returns:
+        (rows updated, rows whose raw or corrected answer changed, updated
+        rows that kept a manual correction).
+    """
+    keep = sql.Literal(keep_manual)
+    old: dict[str, sql.Composable] = {
+        c: sql.SQL("a.{}").format(sql.Identifier(c)) for c in _ANSWER_VALUES
+    }
+    new: dict[str, sql.Composable] = {
+        c: sql.SQL("s.{}").format(sql.Identifier(c)) for c in _ANSWER_VALUES
+    }
+    new["answer_corrected"] = sql.SQL(
+        "CASE WHEN {keep} AND a.corrected_at IS NOT NULL"
+        " THEN a.answer_corrected ELSE s.answer_corrected END"
+    ).format(keep=keep)
+    new["corrected_by"] = sql.SQL("CASE WHEN {keep} THEN a.corrected_by END").format(
+        keep=keep
     )
+    new["corrected_at"] = sql.SQL("CASE WHEN {keep} THEN a.corrected_at END").format(
+        keep=keep
+    )
+
+    def values(
+        side: dict[str, sql.Composable], columns: tuple[str, ...]
+    ) -> sql.Composed:
+        return sql.SQL("ROW({})").format(sql.SQL(", ").join(side[c] for c in columns))
+
+    answer, rest = _ANSWER_VALUES[:2], _ANSWER_VALUES[2:]
+    query = sql.SQL(
+        "UPDATE omr_answers a SET {assignments} FROM reprocess_answers s"
+        " WHERE a.sheet_id = s.sheet_id AND a.question = s.question"
+        "   AND CASE WHEN {old_answer} IS DISTINCT FROM {new_answer}"
+        "            THEN nextval('pg_temp.reprocess_answers_changed') > 0"
+        "            ELSE {old_rest} IS DISTINCT FROM {new_rest} END"
+    ).format(
+        assignments=sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(c), new[c]) for c in _ANSWER_VALUES
+        ),
+        old_answer=values(old, answer),
+        new_answer=values(new, answer),
+        old_rest=values(old, rest),
+        new_rest=values(new, rest),
+    )
+    conn.execute("CREATE TEMP SEQUENCE reprocess_answers_changed")
+    conn.execute("SELECT set_config('omr_desktop.history_task', %s, true)", (task_id,))
+    updated = conn.execute(query).rowcount
+    row = conn.execute(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END,"
+        " current_setting('omr_desktop.history_counts', true),"
+        " set_config('omr_desktop.history_task', '', true)"
+        " FROM pg_temp.reprocess_answers_changed"
+    ).fetchone()
+    conn.execute("DROP SEQUENCE pg_temp.reprocess_answers_changed")
+    if row is None or not (row[1] or "").isdigit():
+        raise RuntimeError(
+            "The answer history trigger did not run, so nothing was written. "
+            "Run 'omr-desktop db migrate' to bring the database schema up to date."
+        )
+    corrections_kept = int(row[1]) if keep_manual else 0
+    return updated, int(row[0]), corrections_kept
+
+
+def _record_sheet_history(conn: psycopg.Connection, task_id: str) -> None:
     conn.execute(
         "INSERT INTO sheet_history (task_id, sheet_id, status, error,"
         " last_profile_id, processed_at, measurement_hash, identifiers, score, fills)"
@@ -271,57 +322,6 @@ def _record_history(conn: psycopg.Connection, task_id: str) -> None:
         "  s.measurement_hash, s.identifiers, s.score, s.fills"
         " FROM sheets s JOIN reprocess_sheets r ON r.sheet_id = s.id",
         (task_id,),
-    )
-
-
-def _update_answers(conn: psycopg.Connection, expected: int) -> None:
-    """Write the changed rows, found again by the ctid read with their old values.
-
-    When the changed rows are at most a quarter of the staged ones, each is
-    fetched by its ctid: the planner's own choice, a hash join, scans all
-    of omr_answers, and took 0.70 s against 0.38 s for one answer in ten
-    of 7,109 sheets x 150 (embedded PostgreSQL 16, ``benchmarks/db_load.py``).
-    When every answer changes, the hash join was faster (4.6 s against
-    5.8 s), so the planner chooses. A ctid stays valid here because every
-    writer of these rows first locks their sheets' rows, which this
-    transaction holds. The row count is checked all the same: a row
-    changed by a writer that skipped those locks fails the task instead
-    of losing that writer's value.
-
-    Raises:
-        ConcurrentChangeError: fewer rows were updated than were read.
-    """
-    staged = conn.execute(
-        "SELECT reltuples FROM pg_class WHERE oid = 'reprocess_answers'::regclass"
-    ).fetchone()
-    by_ctid = staged is not None and expected * TID_UPDATE_SHARE <= float(staged[0])
-    if by_ctid:
-        conn.execute("SET LOCAL enable_hashjoin = off")
-        conn.execute("SET LOCAL enable_mergejoin = off")
-    updated = conn.execute(
-        "UPDATE omr_answers a SET answer_raw = c.answer_raw,"
-        " answer_corrected = c.answer_corrected,"
-        " confidence_score = c.confidence_score, fills = c.fills,"
-        " reason = c.reason, needs_review = c.needs_review,"
-        " corrected_by = c.corrected_by, corrected_at = c.corrected_at"
-        " FROM reprocess_changed c"
-        " WHERE NOT c.inserted AND a.ctid = c.row_ctid"
-        "   AND a.sheet_id = c.sheet_id AND a.question = c.question"
-    ).rowcount
-    if by_ctid:
-        conn.execute("RESET enable_hashjoin")
-        conn.execute("RESET enable_mergejoin")
-    if updated != expected:
-        raise ConcurrentChangeError(
-            f"{expected - updated} of {expected} answers changed while this task "
-            "ran, so nothing was written. Start the reprocess again."
-        )
-    conn.execute(
-        "INSERT INTO omr_answers (sheet_id, question, position, answer_raw,"
-        " answer_corrected, confidence_score, fills, reason, needs_review)"
-        " SELECT sheet_id, question, position, answer_raw, answer_corrected,"
-        "  confidence_score, fills, reason, needs_review"
-        " FROM reprocess_changed WHERE inserted"
     )
 
 

@@ -25,11 +25,7 @@ import psycopg
 
 from omr_desktop.db import task_store
 from omr_desktop.db.database import Database
-from omr_desktop.db.reprocess_store import (
-    ConcurrentChangeError,
-    SheetsBusyError,
-    busy_tasks,
-)
+from omr_desktop.db.reprocess_store import SheetsBusyError, busy_tasks
 from omr_desktop.pipeline import events as ev
 from omr_desktop.pipeline.events import ProgressEvent, ProgressSink
 from omr_desktop.pipeline.reprocess import (
@@ -425,7 +421,7 @@ class TaskManager:
             logger.warning("Task %s failed: %s", task_id, exc)
         except TaskCancelledError:
             self._fail(sink, active, "cancelled", {})
-        except (ReprocessError, SheetsBusyError, ConcurrentChangeError) as exc:
+        except (ReprocessError, SheetsBusyError) as exc:
             self._fail(sink, active, self._reason(exc, active), {})
         except psycopg.Error as exc:
             logger.exception("Task %s failed in the database", task_id)

@@ -28,8 +28,8 @@ from omr_desktop.config import DatabaseChoice
 from omr_desktop.db import task_store
 from omr_desktop.db.database import Database
 from omr_desktop.engine import SheetReading
-from omr_desktop.pipeline.demo import seed_demo
 from omr_desktop.pipeline import events as ev
+from omr_desktop.pipeline.demo import seed_demo
 from omr_desktop.pipeline.events import ListSink
 from omr_desktop.pipeline.reprocess import (
     PrecomputedDetections,

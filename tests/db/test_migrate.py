@@ -56,7 +56,7 @@ def test_omr_answers_has_fillfactor_below_100(db: psycopg.Connection) -> None:
     ).fetchone()
 
     assert row is not None
-    assert "fillfactor=70" in row[0]
+    assert "fillfactor=50" in row[0]
 
 
 def test_newer_database_is_rejected(db: psycopg.Connection) -> None:
@@ -134,3 +134,61 @@ def test_concurrent_migrations_apply_each_once(empty_db_conninfo: str) -> None:
     with psycopg.connect(empty_db_conninfo) as conn:
         rows = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
     assert rows == (len(available_migrations()),)
+
+
+def test_history_rows_survive_the_move_to_one_row_per_sheet(
+    empty_db_conninfo: str, tmp_path: Path
+) -> None:
+    """Migration 0007 keeps every old answer history row and every answer."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for migration in available_migrations():
+        if migration.version < 7:
+            shutil.copy(migration.path, folder / migration.path.name)
+    history_rows = (
+        "SELECT task_id, sheet_id, question, answer_raw, answer_corrected,"
+        " confidence_score, fills, reason, needs_review, corrected_by,"
+        " corrected_at, recorded_at, inserted FROM answer_history"
+        " ORDER BY task_id, sheet_id, question"
+    )
+    answer_rows = "SELECT a::text FROM omr_answers a ORDER BY sheet_id, question"
+    with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
+        migrate(conn, folder)
+        conn.execute(
+            "INSERT INTO templates (id, name, layout) OVERRIDING SYSTEM VALUE"
+            " VALUES (1, 't', '{}');"
+            "INSERT INTO batches (id, name, template_id) OVERRIDING SYSTEM VALUE"
+            " VALUES (1, 'b', 1);"
+            "INSERT INTO sheets (id, batch_id, sequence_no, image_path)"
+            " OVERRIDING SYSTEM VALUE"
+            " SELECT n, 1, n, 's' || n || '.jpg' FROM generate_series(1, 3) n;"
+            "INSERT INTO omr_answers (sheet_id, question, position, answer_raw,"
+            " answer_corrected, fills)"
+            " SELECT s, 'q' || q, q, 'A', 'A', '{0.9,0.1}'"
+            " FROM generate_series(1, 3) s, generate_series(1, 4) q;"
+            "INSERT INTO reprocess_tasks (task_id, profile_id, sheet_ids, status)"
+            " VALUES ('00000000-0000-0000-0000-000000000001', 1, '{1,2,3}', 'SUCCESS'),"
+            "        ('00000000-0000-0000-0000-000000000002', 1, '{1}', 'SUCCESS')"
+        )
+        conn.execute(
+            "INSERT INTO answer_history (task_id, sheet_id, question, answer_raw,"
+            " answer_corrected, confidence_score, fills, reason, needs_review,"
+            " corrected_by, corrected_at, inserted)"
+            " SELECT ('00000000-0000-0000-0000-00000000000' || t)::uuid, s,"
+            "  'q' || q, CASE WHEN q = 1 THEN E'a\\tb\\\\c' ELSE 'B' END, '',"
+            "  q / 10.0, ARRAY[q, 0.25]::real[], 'light_mark', q = 2,"
+            "  CASE WHEN q = 3 THEN 'editor, \"night\"' END,"
+            "  CASE WHEN q = 3 THEN now() END, q = 4"
+            " FROM generate_series(1, 2) t, generate_series(1, 3) s,"
+            "  generate_series(1, 4) q WHERE t = 1 OR s = 1"
+        )
+        before = conn.execute(history_rows).fetchall()
+        answers_before = conn.execute(answer_rows).fetchall()
+
+        migrate(conn)
+
+        assert conn.execute(history_rows).fetchall() == before
+        assert len(before) == 16
+        assert conn.execute(answer_rows).fetchall() == answers_before
+        per_sheet = conn.execute("SELECT count(*) FROM answer_history_sheets")
+        assert per_sheet.fetchone() == (4,)
