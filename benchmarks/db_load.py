@@ -5,10 +5,11 @@
 Builds a batch of N sheets x Q answers (no images), then runs what a
 reprocess does after detection, from the first COPY byte to COMMIT, in one
 transaction, twice: with one answer in ten changed and with every answer
-changed. The COPY text is the staged rows of a real reprocess, produced by
-the server (COPY ... TO STDOUT) so that Python only moves bytes. Then the
-same rows are updated one statement per row with psycopg's pipelined
-executemany, on an identical table, and the ratio is printed.
+changed. The COPY data is the staged rows of a real reprocess in the
+pipeline's binary format, produced by the server (COPY ... TO STDOUT) so
+that Python only moves bytes. Then the same rows are updated one statement
+per row with psycopg's pipelined executemany, on an identical table, and
+the ratio is printed.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from omr_desktop.db.migrate import migrate  # noqa: E402
 # The staged rows: every answer, its raw and corrected answer replaced by
 # another letter where position % every == 0.
 _STAGED = """
-COPY (SELECT sheet_id, question, position,
+COPY (SELECT sheet_id, question, position, confidence_score, fills,
              CASE WHEN position % {every} = 0 THEN 'Z' ELSE answer_raw END,
              CASE WHEN position % {every} = 0 THEN 'Z' ELSE answer_corrected END,
-             confidence_score, fills, reason, needs_review
-      FROM omr_answers ORDER BY sheet_id, position) TO STDOUT
+             reason, needs_review
+      FROM omr_answers ORDER BY sheet_id, position) TO STDOUT (FORMAT binary)
 """
 _STAGED_SHEETS = """
 COPY (SELECT id, 'bench', '{}', '{0.5}'::real[] FROM sheets ORDER BY id)

@@ -162,11 +162,16 @@ def create_staging(conn: psycopg.Connection) -> None:
 
 
 def copy_chunk(conn: psycopg.Connection, answers: bytes, sheets: bytes) -> None:
-    """Stream one chunk of encoded rows into the staging tables."""
+    """Stream one chunk of encoded rows into the staging tables.
+
+    ``answers`` is binary COPY data with its header and trailer, columns in
+    the order of ``omr_desktop.pipeline.copy_rows.ANSWER_COLUMNS``;
+    ``sheets`` is COPY text.
+    """
     with conn.cursor().copy(
-        "COPY reprocess_answers (sheet_id, question, position, answer_raw,"
-        " answer_corrected, confidence_score, fills, reason, needs_review)"
-        " FROM STDIN"
+        "COPY reprocess_answers (sheet_id, question, position, confidence_score,"
+        " fills, answer_raw, answer_corrected, reason, needs_review)"
+        " FROM STDIN (FORMAT binary)"
     ) as copy:
         copy.write(answers)
     with conn.cursor().copy(

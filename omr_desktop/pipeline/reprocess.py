@@ -44,7 +44,7 @@ from omr_desktop.engine import (
 )
 from omr_desktop.engine.profile import ProfileSettings, parse_profile_settings
 from omr_desktop.pipeline import events as ev
-from omr_desktop.pipeline.copy_rows import encode_answers, encode_sheet
+from omr_desktop.pipeline.copy_rows import binary_copy, encode_answers, encode_sheet
 from omr_desktop.pipeline.events import ProgressEvent, ProgressSink
 
 logger = logging.getLogger(__name__)
@@ -607,7 +607,7 @@ def _sheet_failure(job: SheetJob, exc: Exception) -> str:
 def _send(conn: psycopg.Connection, run: _Run, chunk: list[EncodedSheet]) -> None:
     if not chunk:
         return
-    answers = b"".join(e.answers for e in chunk)
+    answers = binary_copy(b"".join(e.answers for e in chunk))
     sheets = b"".join(e.sheet for e in chunk)
     started = time.monotonic()
     reprocess_store.copy_chunk(conn, answers, sheets)

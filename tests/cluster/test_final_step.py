@@ -132,9 +132,7 @@ def test_task_failed_during_write_stays_failed(
 
 
 @pytest.fixture
-def worker_env(
-    db_conninfo: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
+def worker_env(db_conninfo: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point this process's cluster task code at the test's database."""
     monkeypatch.setenv("OMR_DATABASE_URL", db_conninfo)
     monkeypatch.setattr(tasks, "_database", None)
@@ -157,9 +155,7 @@ def test_late_chunk_copy_keeps_task_running(
     task_id = started_task(database, request)
     # One delivery stored the result; the copies queued meanwhile used up
     # the delivery limit.
-    redis_events.store_chunk(
-        task_id, 0, pack_readings(detect_all(database, request))
-    )
+    redis_events.store_chunk(task_id, 0, pack_readings(detect_all(database, request)))
     attempts = f"omr:task:{task_id}:attempts:0"
     redis_events.client.set(attempts, tasks.MAX_CHUNK_DELIVERIES)
 

@@ -1,13 +1,23 @@
-"""COPY text rows, byte for byte, without a database."""
+"""COPY rows, byte for byte, without a database."""
 
 from __future__ import annotations
+
+import struct
+from typing import Any
 
 import numpy as np
 import pytest
 
 from omr_desktop.engine import Answer, SheetReading
 from omr_desktop.pipeline import copy_rows
-from omr_desktop.pipeline.copy_rows import encode_answers, encode_sheet, real_texts
+from omr_desktop.pipeline.copy_rows import (
+    BINARY_HEADER,
+    BINARY_TRAILER,
+    binary_copy,
+    encode_answers,
+    encode_sheet,
+    real_texts,
+)
 
 SPECIAL_FLOATS = np.array(
     [
@@ -68,32 +78,96 @@ def test_real_text_cache_stops_growing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(copy_rows._REAL_TEXTS) == 100
 
 
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return struct.pack(">i", len(data)) + data
+
+
+def _row(sheet_id: int, answer: Answer, position: int, confidence: float) -> bytes:
+    fills = answer.fills
+    array = struct.pack(">iiiii", 1, 0, 700, len(fills), 1) + b"".join(
+        struct.pack(">if", 4, f) for f in fills
+    )
+    return (
+        struct.pack(">hiq", 9, 8, sheet_id)
+        + _text(answer.question)
+        + struct.pack(">ii", 4, position)
+        + struct.pack(">if", 4, confidence)
+        + struct.pack(">i", len(array))
+        + array
+        + _text(answer.answer_raw)
+        + _text(answer.answer_corrected)
+        + _text(answer.reason)
+        + struct.pack(">ib", 1, answer.needs_review)
+    )
+
+
+def _decode_rows(data: bytes) -> list[tuple[Any, ...]]:
+    """Parse binary COPY rows of the answer columns back into values."""
+    rows: list[tuple[Any, ...]] = []
+    at = 0
+    while at < len(data):
+        (count,) = struct.unpack_from(">h", data, at)
+        at += 2
+        fields = []
+        for _ in range(count):
+            (length,) = struct.unpack_from(">i", data, at)
+            fields.append(data[at + 4 : at + 4 + length])
+            at += 4 + length
+        sheet_id, question, position, confidence, fills = fields[:5]
+        n = struct.unpack_from(">i", fills, 12)[0]
+        rows.append(
+            (
+                struct.unpack(">q", sheet_id)[0],
+                question.decode(),
+                struct.unpack(">i", position)[0],
+                struct.unpack(">f", confidence)[0],
+                tuple(struct.unpack_from(">f", fills, 24 + 8 * i)[0] for i in range(n)),
+                *(f.decode() for f in fields[5:8]),
+                fields[8] == b"\x01",
+            )
+        )
+    return rows
+
+
 def test_answer_rows_byte_for_byte() -> None:
     answers = [
         _answer("q1", "B", False, 0.0, 0.9, 0.25),
         _answer("100% q\t2", "A\\C", True, -0.0, 1.5e-7),
         _answer("q3", "", False),
     ]
-    third = "0.666666687"  # 2/3 rounded to float32
-    assert (
-        encode_answers(42, answers)
-        == (
-            f"42\tq1\t1\tB\tB\t{third}\t{{0,0.899999976,0.25}}\tclear\tf\n"
-            f"42\t100% q\\t2\t2\tA\\\\C\tA\t{third}\t{{-0,1.50000005e-07}}\tclear\tt\n"
-            f"42\tq3\t3\t\t\t{third}\t{{}}\tclear\tf\n"
-        ).encode()
-    )
+    third = float(np.float32(2.0 / 3.0))
+    expected = b"".join(_row(42, a, k, third) for k, a in enumerate(answers, 1))
+
+    assert encode_answers(42, answers) == expected
 
 
-def test_answer_rows_escape_special_characters() -> None:
-    texts = ["plain", "tab\there", "back\\slash", "new\nline", "cr\rhere", "ok"]
-    answers = [_answer(f"q{i}", text, False, 0.5) for i, text in enumerate(texts)]
-    rows = encode_answers(1, answers).decode().splitlines()
-    raws = [row.split("\t")[3] for row in rows]
-    assert raws == ["plain", "tab\\there", "back\\\\slash", "new\\nline"] + [
-        "cr\\rhere",
-        "ok",
+def test_answer_rows_keep_texts_and_floats_exactly() -> None:
+    texts = ["plain", "tab\there", "back\\slash", "new\nline", "cr\rhere", "Zoë ✓", ""]
+    answers = [
+        _answer(f"q{i}%", text, i % 2 == 0, *SPECIAL_FLOATS[i : i + 3])
+        for i, text in enumerate(texts)
     ]
+
+    rows = _decode_rows(encode_answers(7, answers))
+
+    assert [row[5] for row in rows] == texts
+    assert [row[1] for row in rows] == [f"q{i}%" for i in range(len(texts))]
+    assert [row[2] for row in rows] == list(range(1, len(texts) + 1))
+    assert [row[8] for row in rows] == [i % 2 == 0 for i in range(len(texts))]
+    for i, row in enumerate(rows):
+        stored = np.array(row[4], dtype=np.float32)
+        assert stored.tobytes() == SPECIAL_FLOATS[i : i + 3].tobytes()
+
+
+def test_binary_copy_adds_header_and_trailer() -> None:
+    rows = encode_answers(1, [_answer("q1", "A", False, 0.5)])
+
+    data = binary_copy(rows)
+
+    assert data == BINARY_HEADER + rows + BINARY_TRAILER
+    assert data.startswith(b"PGCOPY\n\xff\r\n\x00")
+    assert len(BINARY_HEADER) == 19
 
 
 def test_no_answers_give_no_rows() -> None:

@@ -35,6 +35,7 @@ from omr_desktop.pipeline import reprocess
 from omr_desktop.pipeline.copy_rows import (
     ANSWER_COLUMNS,
     SHEET_COLUMNS,
+    binary_copy,
     encode_answers,
     encode_sheet,
 )
@@ -1154,23 +1155,26 @@ def test_copy_rows_keep_awkward_text(db: psycopg.Connection) -> None:
     )
     columns = ", ".join(ANSWER_COLUMNS)
 
-    with db.cursor().copy(f"COPY copied_answers ({columns}) FROM STDIN") as copy:
-        copy.write(encode_answers(7, answers))
+    with db.cursor().copy(
+        f"COPY copied_answers ({columns}) FROM STDIN (FORMAT binary)"
+    ) as copy:
+        copy.write(binary_copy(encode_answers(7, answers)))
 
     rows = db.execute(
         f"SELECT {columns} FROM copied_answers ORDER BY position"
     ).fetchall()
     assert len(rows) == len(answers)
-    for position, (row, answer) in enumerate(zip(rows, answers, strict=True), 1):
-        assert row[0] == 7
-        assert row[1] == answer.question
-        assert row[2] == position
-        assert row[3] == answer.answer_raw
-        assert row[4] == answer.answer_corrected
-        assert row[5] == pytest.approx(0.123457, abs=1e-6)
-        assert row[6] == pytest.approx([0.5, 1.5e-7, 1.0], rel=1e-6)
-        assert row[7] == answer.reason
-        assert row[8] is answer.needs_review
+    for position, (values, answer) in enumerate(zip(rows, answers, strict=True), 1):
+        row = dict(zip(ANSWER_COLUMNS, values, strict=True))
+        assert row["sheet_id"] == 7
+        assert row["question"] == answer.question
+        assert row["position"] == position
+        assert row["answer_raw"] == answer.answer_raw
+        assert row["answer_corrected"] == answer.answer_corrected
+        assert row["confidence_score"] == pytest.approx(0.123457, abs=1e-6)
+        assert row["fills"] == pytest.approx([0.5, 1.5e-7, 1.0], rel=1e-6)
+        assert row["reason"] == answer.reason
+        assert row["needs_review"] is answer.needs_review
 
 
 def test_copy_sheet_row_keeps_identifiers(db: psycopg.Connection) -> None:
@@ -1429,8 +1433,11 @@ def test_copy_rows_survive_latin1_database(latin1_conninfo: str) -> None:
             " confidence_score real, fills real[], reason text,"
             " needs_review boolean)"
         )
-        with conn.cursor().copy("COPY copied_answers FROM STDIN") as copy:
-            copy.write(encode_answers(1, [answer]))
+        columns = ", ".join(ANSWER_COLUMNS)
+        with conn.cursor().copy(
+            f"COPY copied_answers ({columns}) FROM STDIN (FORMAT binary)"
+        ) as copy:
+            copy.write(binary_copy(encode_answers(1, [answer])))
         stored = conn.execute("SELECT question FROM copied_answers").fetchone()
 
     assert stored == ("Zoë",)
