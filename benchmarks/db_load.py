@@ -39,10 +39,14 @@ COPY (SELECT sheet_id, question, position, confidence_score, fills,
              reason, needs_review
       FROM omr_answers ORDER BY sheet_id, position) TO STDOUT (FORMAT binary)
 """
+# The sheets' own rows, with the fills they have: a reprocess under a
+# profile that measures as the last one did finds every sheet's fills
+# unchanged.
 _STAGED_SHEETS = """
-COPY (SELECT id, 'bench', '{}', '{0.5}'::real[] FROM sheets ORDER BY id)
-TO STDOUT
+COPY (SELECT id, 'bench', '{}', fills FROM sheets ORDER BY id) TO STDOUT
 """
+# Every bubble's fill of a demo sheet: 150 questions x 5 and a 10-digit roll.
+_SHEET_FILLS = 850
 
 
 def main() -> int:
@@ -61,6 +65,13 @@ def run(conninfo: str, args: argparse.Namespace) -> None:
         migrate(conn)
         version = conn.execute("SHOW server_version").fetchone()
         sheet_ids = fill(conn, args.sheets, args.questions)
+        # One array of random fills for every sheet: random floats do not
+        # compress, so each sheet stores them out of line as a real one does.
+        conn.execute(
+            "UPDATE sheets SET fills = (SELECT array_agg(random()::real)"
+            " FROM generate_series(1, %s))",
+            (_SHEET_FILLS,),
+        )
         conn.execute("VACUUM ANALYZE")
     rows = args.sheets * args.questions
     print(

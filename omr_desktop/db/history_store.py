@@ -136,7 +136,7 @@ def _restore_sheets(conn: psycopg.Connection, task_id: str) -> int:
         "UPDATE sheets s SET status = h.status, error = h.error,"
         " last_profile_id = h.last_profile_id, processed_at = h.processed_at,"
         " measurement_hash = h.measurement_hash, identifiers = h.identifiers,"
-        " fills = h.fills"
+        " fills = CASE WHEN h.fills_kept THEN s.fills ELSE h.fills END"
         " FROM sheet_history h WHERE h.task_id = %s AND s.id = h.sheet_id",
         (task_id,),
     ).rowcount

@@ -320,12 +320,16 @@ def _update_answers(
 
 
 def _record_sheet_history(conn: psycopg.Connection, task_id: str) -> None:
+    # Fills the task leaves as they were are not copied (fills_kept).
     conn.execute(
         "INSERT INTO sheet_history (task_id, sheet_id, status, error,"
-        " last_profile_id, processed_at, measurement_hash, identifiers, score, fills)"
+        " last_profile_id, processed_at, measurement_hash, identifiers, score,"
+        " fills, fills_kept)"
         " SELECT %s, s.id, s.status, s.error, s.last_profile_id, s.processed_at,"
-        "  s.measurement_hash, s.identifiers, s.score, s.fills"
-        " FROM sheets s JOIN reprocess_sheets r ON r.sheet_id = s.id",
+        "  s.measurement_hash, s.identifiers, s.score,"
+        "  CASE WHEN k.kept THEN NULL ELSE s.fills END, k.kept"
+        " FROM sheets s JOIN reprocess_sheets r ON r.sheet_id = s.id"
+        " CROSS JOIN LATERAL (SELECT s.fills IS NOT DISTINCT FROM r.fills AS kept) k",
         (task_id,),
     )
 
@@ -335,7 +339,9 @@ def _update_sheets(conn: psycopg.Connection, task_id: str) -> None:
         "UPDATE sheets s SET status = 'processed', error = NULL,"
         " last_profile_id = t.profile_id, processed_at = now(),"
         " measurement_hash = r.measurement_hash, identifiers = r.identifiers,"
-        " fills = r.fills"
+        # The old value, when equal, keeps its stored copy: no rewrite.
+        " fills = CASE WHEN s.fills IS NOT DISTINCT FROM r.fills"
+        "  THEN s.fills ELSE r.fills END"
         " FROM reprocess_sheets r, reprocess_tasks t"
         " WHERE s.id = r.sheet_id AND t.task_id = %s",
         (task_id,),

@@ -252,9 +252,12 @@ def test_history_holds_every_changed_answer(
     sheet_history = {
         int(r[0]): tuple(r[1:])
         for r in db.execute(
-            "SELECT sheet_id, status, error, last_profile_id, processed_at,"
-            " measurement_hash, identifiers, score, fills FROM sheet_history"
-            " WHERE task_id = %s",
+            # Fills the task kept are not copied: they are the sheet's own.
+            "SELECT h.sheet_id, h.status, h.error, h.last_profile_id,"
+            " h.processed_at, h.measurement_hash, h.identifiers, h.score,"
+            " CASE WHEN h.fills_kept THEN s.fills ELSE h.fills END"
+            " FROM sheet_history h JOIN sheets s ON s.id = h.sheet_id"
+            " WHERE h.task_id = %s",
             (task_id,),
         )
     }

@@ -72,6 +72,29 @@ def test_undo_restores_answers_scores_flags_exactly(
     assert result.sheets_restored == 4
 
 
+def test_undo_restores_fills_the_task_changed(
+    seeded: tuple[Database, list[int]],
+) -> None:
+    database, ids = seeded
+    with database.connect() as conn:
+        # Fills a reprocess will measure differently; the others it keeps.
+        conn.execute("UPDATE sheets SET fills = '{0.5}' WHERE id = %s", (ids[0],))
+        conn.commit()
+        before = snapshot(conn)
+    task_id = reprocess(database, ids, 2)
+    with database.connect() as conn:
+        kept = conn.execute(
+            "SELECT sheet_id, fills_kept, fills IS NULL FROM sheet_history"
+            " WHERE task_id = %s ORDER BY sheet_id",
+            (task_id,),
+        ).fetchall()
+        assert kept == [(ids[0], False, False)] + [(i, True, True) for i in ids[1:]]
+
+        undo_task(conn, task_id)
+
+        assert snapshot(conn) == before
+
+
 def test_undo_twice_is_rejected(seeded: tuple[Database, list[int]]) -> None:
     database, ids = seeded
     task_id = reprocess(database, ids, 2)

@@ -100,5 +100,12 @@ AFTER UPDATE ON omr_answers
 REFERENCING OLD TABLE AS old_answers
 FOR EACH STATEMENT EXECUTE FUNCTION record_answer_history();
 
+-- A sheet's fills (850 floats on a demo sheet, stored out of line) are
+-- copied into sheet_history only when the task changes them; fills_kept
+-- marks the rows that leave them out. A reprocess under a profile that
+-- measures as the last one did keeps every sheet's fills, and copying and
+-- rewriting them took 0.4 s of 0.6 s for 7,109 sheets.
+ALTER TABLE sheet_history ADD COLUMN fills_kept boolean NOT NULL DEFAULT false;
+
 ALTER TABLE omr_answers SET (fillfactor = 50);
 CLUSTER omr_answers USING omr_answers_pkey;
