@@ -43,7 +43,8 @@ COPY (SELECT sheet_id, question, position, confidence_score, fills,
 # profile that measures as the last one did finds every sheet's fills
 # unchanged.
 _STAGED_SHEETS = """
-COPY (SELECT id, 'bench', '{}', fills FROM sheets ORDER BY id) TO STDOUT
+COPY (SELECT id, 'bench'::text, '{}'::jsonb, fills FROM sheets ORDER BY id)
+TO STDOUT (FORMAT binary)
 """
 # Every bubble's fill of a demo sheet: 150 questions x 5 and a 10-digit roll.
 _SHEET_FILLS = 850

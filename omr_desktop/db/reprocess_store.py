@@ -164,9 +164,9 @@ def create_staging(conn: psycopg.Connection) -> None:
 def copy_chunk(conn: psycopg.Connection, answers: bytes, sheets: bytes) -> None:
     """Stream one chunk of encoded rows into the staging tables.
 
-    ``answers`` is binary COPY data with its header and trailer, columns in
-    the order of ``omr_desktop.pipeline.copy_rows.ANSWER_COLUMNS``;
-    ``sheets`` is COPY text.
+    Both are binary COPY data with its header and trailer, columns in the
+    order of ``ANSWER_COLUMNS`` and ``SHEET_COLUMNS`` of
+    ``omr_desktop.pipeline.copy_rows``.
     """
     with conn.cursor().copy(
         "COPY reprocess_answers (sheet_id, question, position, confidence_score,"
@@ -176,7 +176,7 @@ def copy_chunk(conn: psycopg.Connection, answers: bytes, sheets: bytes) -> None:
         copy.write(answers)
     with conn.cursor().copy(
         "COPY reprocess_sheets (sheet_id, measurement_hash, identifiers, fills)"
-        " FROM STDIN"
+        " FROM STDIN (FORMAT binary)"
     ) as copy:
         copy.write(sheets)
 

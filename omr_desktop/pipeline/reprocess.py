@@ -608,7 +608,7 @@ def _send(conn: psycopg.Connection, run: _Run, chunk: list[EncodedSheet]) -> Non
     if not chunk:
         return
     answers = binary_copy(b"".join(e.answers for e in chunk))
-    sheets = b"".join(e.sheet for e in chunk)
+    sheets = binary_copy(b"".join(e.sheet for e in chunk))
     started = time.monotonic()
     reprocess_store.copy_chunk(conn, answers, sheets)
     run.db_seconds += time.monotonic() - started

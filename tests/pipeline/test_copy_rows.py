@@ -16,7 +16,6 @@ from omr_desktop.pipeline.copy_rows import (
     binary_copy,
     encode_answers,
     encode_sheet,
-    real_texts,
 )
 
 SPECIAL_FLOATS = np.array(
@@ -50,32 +49,15 @@ def _answer(question: str, raw: str, review: bool, *fills: float) -> Answer:
     )
 
 
-def test_real_texts_match_nine_digit_format() -> None:
-    rng = np.random.default_rng(4)
-    values = np.concatenate(
-        [SPECIAL_FLOATS, rng.random(2000).astype(np.float32), SPECIAL_FLOATS]
-    )
-    expected = [f"{v:.9g}" for v in values.tolist()]
-    assert real_texts(values.tolist()) == expected
-    assert real_texts(values) == expected  # now from the cache
+def test_text_field_cache_stops_growing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(copy_rows, "_TEXT_FIELDS", {})
+    monkeypatch.setattr(copy_rows, "_MAX_TEXT_FIELDS", 100)
+    answers = [_answer(f"q{i}", f"raw {i}", False, 0.5) for i in range(300)]
 
+    rows = _decode_rows(encode_answers(1, answers))
 
-def test_real_texts_keep_negative_zero() -> None:
-    assert real_texts([0.0, -0.0]) == ["0", "-0"]
-    assert real_texts([-0.0, 0.0]) == ["-0", "0"]
-
-
-def test_real_texts_round_to_float32() -> None:
-    assert real_texts([0.1]) == ["0.100000001"]
-    assert real_texts([1.0 + 2**-30]) == ["1"]
-
-
-def test_real_text_cache_stops_growing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(copy_rows, "_REAL_TEXTS", {})
-    monkeypatch.setattr(copy_rows, "_MAX_REAL_TEXTS", 100)
-    values = np.linspace(0, 1, 300, dtype=np.float32)
-    assert real_texts(values) == [f"{v:.9g}" for v in values.tolist()]
-    assert len(copy_rows._REAL_TEXTS) == 100
+    assert [row[5] for row in rows] == [f"raw {i}" for i in range(300)]
+    assert len(copy_rows._TEXT_FIELDS) == 100
 
 
 def _text(value: str) -> bytes:
@@ -182,6 +164,16 @@ def test_sheet_row_byte_for_byte() -> None:
         fills=np.array([0.25, -0.0, 0.1], dtype=np.float32),
         measurement_hash="abc",
     )
+    identifiers = b'{"roll": "12\\t3"}'
+    array = struct.pack(">iiiii", 1, 0, 700, 3, 1) + b"".join(
+        struct.pack(">if", 4, f) for f in (0.25, -0.0, np.float32(0.1))
+    )
+
     assert encode_sheet(5, reading) == (
-        b'5\tabc\t{"roll": "12\\\\t3"}\t{0.25,-0,0.100000001}\n'
+        struct.pack(">hiq", 4, 8, 5)
+        + _text("abc")
+        + struct.pack(">ib", len(identifiers) + 1, 1)
+        + identifiers
+        + struct.pack(">i", len(array))
+        + array
     )

@@ -1195,8 +1195,10 @@ def test_copy_sheet_row_keeps_identifiers(db: psycopg.Connection) -> None:
     )
     columns = ", ".join(SHEET_COLUMNS)
 
-    with db.cursor().copy(f"COPY copied_sheets ({columns}) FROM STDIN") as copy:
-        copy.write(encode_sheet(9, reading))
+    with db.cursor().copy(
+        f"COPY copied_sheets ({columns}) FROM STDIN (FORMAT binary)"
+    ) as copy:
+        copy.write(binary_copy(encode_sheet(9, reading)))
 
     row = db.execute(f"SELECT {columns} FROM copied_sheets").fetchone()
     assert row is not None
