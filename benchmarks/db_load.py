@@ -98,6 +98,8 @@ def run(conninfo: str, args: argparse.Namespace) -> None:
 def reprocess_once(conninfo: str, sheet_ids: list[int], every: int) -> dict[str, float]:
     with psycopg.connect(conninfo) as source:
         answers = copy_out(source, _STAGED.format(every=every))
+        counted = source.execute("SELECT count(*) FROM omr_answers").fetchone()
+        staged = int(counted[0]) if counted else 0
         sheets = copy_out(source, _STAGED_SHEETS)
     task_id = str(uuid.uuid4())
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -115,7 +117,7 @@ def reprocess_once(conninfo: str, sheet_ids: list[int], every: int) -> dict[str,
         reprocess_store.copy_chunk(conn, answers, sheets)
         times["lock + COPY"] = time.perf_counter() - started
         step = time.perf_counter()
-        reprocess_store.apply_changes(conn, task_id, keep_manual=True)
+        reprocess_store.apply_changes(conn, task_id, True, staged)
         times["history + UPDATE"] = time.perf_counter() - step
         step = time.perf_counter()
         conn.execute("CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", (sheet_ids,))

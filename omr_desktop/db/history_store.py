@@ -146,8 +146,8 @@ def prune_history(conn: psycopg.Connection, keep: int) -> tuple[int, int]:
     """Delete the history of all but the ``keep`` newest finished tasks.
 
     Returns:
-        (tasks pruned, history rows deleted). Pruned tasks can no longer be
-        undone; their rows and events stay.
+        (tasks pruned, answers and sheets whose history was deleted).
+        Pruned tasks can no longer be undone; their rows and events stay.
     """
     if keep < 0:
         raise ValueError(f"--keep must be 0 or more, not {keep}.")
@@ -161,19 +161,18 @@ def prune_history(conn: psycopg.Connection, keep: int) -> tuple[int, int]:
         task_ids = [r[0] for r in rows]
         # The answer history has no foreign keys (they made writing it
         # slow), so rows of deleted sheets or tasks are removed here.
-        orphans = conn.execute(
+        orphans = _deleted_answers(
+            conn,
             "DELETE FROM answer_history_sheets h WHERE NOT EXISTS"
             " (SELECT 1 FROM sheets s WHERE s.id = h.sheet_id) OR NOT EXISTS"
-            " (SELECT 1 FROM reprocess_tasks t WHERE t.task_id = h.task_id)"
-        ).rowcount
+            " (SELECT 1 FROM reprocess_tasks t WHERE t.task_id = h.task_id)",
+        )
         if not task_ids:
             return 0, orphans
-        answers = (
-            orphans
-            + conn.execute(
-                "DELETE FROM answer_history_sheets WHERE task_id = ANY(%s)",
-                (task_ids,),
-            ).rowcount
+        answers = orphans + _deleted_answers(
+            conn,
+            "DELETE FROM answer_history_sheets WHERE task_id = ANY(%s)",
+            (task_ids,),
         )
         sheets = conn.execute(
             "DELETE FROM sheet_history WHERE task_id = ANY(%s)", (task_ids,)
@@ -183,3 +182,15 @@ def prune_history(conn: psycopg.Connection, keep: int) -> tuple[int, int]:
             (task_ids,),
         )
     return len(task_ids), answers + sheets
+
+
+def _deleted_answers(
+    conn: psycopg.Connection, delete: str, params: tuple[object, ...] = ()
+) -> int:
+    """Run a DELETE of answer_history_sheets; return the answers it held."""
+    row = conn.execute(
+        f"WITH gone AS ({delete} RETURNING cardinality(answers) AS n)"
+        " SELECT coalesce(sum(n), 0) FROM gone",
+        params,
+    ).fetchone()
+    return int(row[0]) if row else 0

@@ -182,44 +182,42 @@ def copy_chunk(conn: psycopg.Connection, answers: bytes, sheets: bytes) -> None:
 
 
 def apply_changes(
-    conn: psycopg.Connection, task_id: str, keep_manual: bool
+    conn: psycopg.Connection, task_id: str, keep_manual: bool, staged: int
 ) -> ChangeCounts:
     """Write the staged rows that differ from the stored ones, with their history.
 
-    With ``keep_manual``, an answer corrected by hand keeps its
+    ``staged`` is the number of rows in the answer staging table. With
+    ``keep_manual``, an answer corrected by hand keeps its
     ``answer_corrected`` and who corrected it; its raw answer, fills,
     confidence, reason and review marker still take the new values.
     """
-    inserted = _insert_missing_answers(conn, task_id)
-    updated, changed, corrections_kept = _update_answers(conn, task_id, keep_manual)
+    update = _update_answers(conn, task_id, keep_manual)
+    inserted = 0
+    if update.matched < staged:
+        inserted = _insert_missing_answers(conn, task_id)
     _record_sheet_history(conn, task_id)
     _update_sheets(conn, task_id)
-    return ChangeCounts(updated, changed, inserted, corrections_kept)
+    return ChangeCounts(
+        update.updated, update.changed, inserted, update.corrections_kept
+    )
 
 
 def _insert_missing_answers(conn: psycopg.Connection, task_id: str) -> int:
-    """Insert the answers of staged sheets that have none yet; return the count.
+    """Insert the staged answers that have no stored row; return the count.
 
-    A sheet has all its template's answers or none (it was never read), so
-    the sheets without any are found by one index probe each. Their rows
-    go into the history as inserted, so that undo deletes them.
+    A sheet that was never read has no answers; a row deleted by hand is
+    missing too. The rows go into the history as inserted, so that undo
+    deletes them. Called only when the UPDATE found fewer stored rows than
+    were staged: the anti-join reads both tables whole.
     """
-    missing = [
-        int(r[0])
-        for r in conn.execute(
-            "SELECT r.sheet_id FROM reprocess_sheets r WHERE NOT EXISTS"
-            " (SELECT 1 FROM omr_answers a WHERE a.sheet_id = r.sheet_id)"
-        ).fetchall()
-    ]
-    if not missing:
-        return 0
     row = conn.execute(
         "WITH added AS ("
         "  INSERT INTO omr_answers (sheet_id, question, position, answer_raw,"
         "   answer_corrected, confidence_score, fills, reason, needs_review)"
-        "  SELECT sheet_id, question, position, answer_raw, answer_corrected,"
-        "   confidence_score, fills, reason, needs_review"
-        "  FROM reprocess_answers WHERE sheet_id = ANY(%s)"
+        "  SELECT s.sheet_id, s.question, s.position, s.answer_raw,"
+        "   s.answer_corrected, s.confidence_score, s.fills, s.reason, s.needs_review"
+        "  FROM reprocess_answers s WHERE NOT EXISTS (SELECT 1 FROM omr_answers a"
+        "   WHERE a.sheet_id = s.sheet_id AND a.question = s.question)"
         "  RETURNING sheet_id, question),"
         " recorded AS ("
         "  INSERT INTO answer_history_sheets (task_id, sheet_id, answers)"
@@ -228,14 +226,31 @@ def _insert_missing_answers(conn: psycopg.Connection, task_id: str) -> int:
         "  FROM added GROUP BY sheet_id"
         "  RETURNING cardinality(answers) AS n)"
         " SELECT coalesce(sum(n), 0) FROM recorded",
-        (missing, task_id),
+        (task_id,),
     ).fetchone()
     return int(row[0]) if row else 0
 
 
+@dataclass(frozen=True)
+class _Update:
+    """What the UPDATE of the stored answers did.
+
+    Attributes:
+        matched: staged rows that found a stored row.
+        updated: stored rows it rewrote.
+        changed: of those, rows whose raw or corrected answer changed.
+        corrections_kept: of those, rows that kept a manual correction.
+    """
+
+    matched: int
+    updated: int
+    changed: int
+    corrections_kept: int
+
+
 def _update_answers(
     conn: psycopg.Connection, task_id: str, keep_manual: bool
-) -> tuple[int, int, int]:
+) -> _Update:
     """Update the stored answers that differ from the staged ones.
 
     One hash join of the staging table with omr_answers feeds the UPDATE.
@@ -246,20 +261,18 @@ def _update_answers(
     into a temporary table first, then writing the history and the UPDATE
     from it took 6.1 s.
 
-    The rows whose raw or corrected answer changes are counted by the
-    UPDATE's own condition, which draws a number from a temporary sequence
-    for each of them. Counting them afterwards needs the old and the new
-    values side by side: a join of the trigger's old rows with the new ones
-    took 1.1 s of the 5.3 s.
+    The UPDATE's own condition counts the staged rows that found a stored
+    row, and those whose raw or corrected answer changes, by drawing
+    numbers from two temporary sequences. Counting them afterwards needs
+    the old and the new values side by side: a join of the trigger's old
+    rows with the new ones took 1.1 s of the 5.3 s.
 
     A row that another writer changes while this statement runs, without
     locking its sheet as every writer of OMR Desktop does, is updated from
     its new version, and that version goes into the history: undo gives
-    back the other writer's value. (Its recheck may count the row twice.)
-
-    Returns:
-        (rows updated, rows whose raw or corrected answer changed, updated
-        rows that kept a manual correction).
+    back the other writer's value. NOTE: the condition is evaluated again
+    for such a row, so the counts may include it twice; the changed count
+    is capped at the rows updated.
     """
     keep = sql.Literal(keep_manual)
     old: dict[str, sql.Composable] = {
@@ -288,7 +301,8 @@ def _update_answers(
     query = sql.SQL(
         "UPDATE omr_answers a SET {assignments} FROM reprocess_answers s"
         " WHERE a.sheet_id = s.sheet_id AND a.question = s.question"
-        "   AND CASE WHEN {old_answer} IS DISTINCT FROM {new_answer}"
+        "   AND CASE WHEN nextval('pg_temp.reprocess_answers_matched') < 0 THEN false"
+        "            WHEN {old_answer} IS DISTINCT FROM {new_answer}"
         "            THEN nextval('pg_temp.reprocess_answers_changed') > 0"
         "            ELSE {old_rest} IS DISTINCT FROM {new_rest} END"
     ).format(
@@ -300,23 +314,32 @@ def _update_answers(
         old_rest=values(old, rest),
         new_rest=values(new, rest),
     )
+    conn.execute("CREATE TEMP SEQUENCE reprocess_answers_matched")
     conn.execute("CREATE TEMP SEQUENCE reprocess_answers_changed")
     conn.execute("SELECT set_config('omr_desktop.history_task', %s, true)", (task_id,))
     updated = conn.execute(query).rowcount
     row = conn.execute(
-        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END,"
+        "SELECT CASE WHEN m.is_called THEN m.last_value ELSE 0 END,"
+        " CASE WHEN c.is_called THEN c.last_value ELSE 0 END,"
         " current_setting('omr_desktop.history_counts', true),"
         " set_config('omr_desktop.history_task', '', true)"
-        " FROM pg_temp.reprocess_answers_changed"
+        " FROM pg_temp.reprocess_answers_matched m, pg_temp.reprocess_answers_changed c"
     ).fetchone()
-    conn.execute("DROP SEQUENCE pg_temp.reprocess_answers_changed")
-    if row is None or not (row[1] or "").isdigit():
+    conn.execute(
+        "DROP SEQUENCE pg_temp.reprocess_answers_matched,"
+        " pg_temp.reprocess_answers_changed"
+    )
+    if row is None or not (row[2] or "").isdigit():
         raise RuntimeError(
             "The answer history trigger did not run, so nothing was written. "
             "Run 'omr-desktop db migrate' to bring the database schema up to date."
         )
-    corrections_kept = int(row[1]) if keep_manual else 0
-    return updated, int(row[0]), corrections_kept
+    return _Update(
+        matched=int(row[0]),
+        updated=updated,
+        changed=min(int(row[1]), updated),
+        corrections_kept=int(row[2]) if keep_manual else 0,
+    )
 
 
 def _record_sheet_history(conn: psycopg.Connection, task_id: str) -> None:

@@ -646,7 +646,9 @@ def _load_to_database(
         0,
     )
     started = time.monotonic()
-    counts = reprocess_store.apply_changes(conn, run.task_id, run.request.keep_manual)
+    counts = reprocess_store.apply_changes(
+        conn, run.task_id, run.request.keep_manual, run.answers_written
+    )
     elapsed = time.monotonic() - started
     run.db_seconds += elapsed
     run.stage_times[ev.LOADING_TO_DATABASE] = elapsed

@@ -401,6 +401,37 @@ def test_same_reading_again_writes_nothing(
     assert answers_by_key(db, "answer_history", task_id) == {}
 
 
+def test_missing_answer_row_is_inserted_again(
+    manager: TaskManager,
+    database: Database,
+    db: psycopg.Connection,
+    demo_sheet_ids: list[int],
+) -> None:
+    from omr_desktop.db.history_store import undo_task
+
+    sheet_id = demo_sheet_ids[0]
+    # One row deleted by hand; the sheet keeps its other 149 answers.
+    db.execute(
+        "DELETE FROM omr_answers WHERE sheet_id = %s AND question = 'q7'", (sheet_id,)
+    )
+    count = "SELECT count(*) FROM omr_answers WHERE sheet_id = %s"
+
+    task_id = run_task(manager, ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE))
+
+    row = task_row(database, task_id)
+    assert row.status == task_store.SUCCESS
+    assert row.result["answers_inserted"] == 1
+    assert db.execute(count, (sheet_id,)).fetchone() == (150,)
+    inserted = db.execute(
+        "SELECT sheet_id, question FROM answer_history WHERE task_id = %s AND inserted",
+        (task_id,),
+    ).fetchall()
+    assert inserted == [(sheet_id, "q7")]
+    with database.connect() as conn:
+        undo_task(conn, task_id)
+    assert db.execute(count, (sheet_id,)).fetchone() == (149,)
+
+
 def test_sheet_without_answers_gets_them_inserted(
     manager: TaskManager,
     database: Database,
