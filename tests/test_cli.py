@@ -157,6 +157,31 @@ def test_entry_point_runs_db_status(use_database: str, tmp_path: Path) -> None:
     assert "Schema version" in done.stdout
 
 
+def test_output_closed_early_gives_no_traceback(
+    use_database: str, tmp_path: Path
+) -> None:
+    env = dict(
+        os.environ, OMR_DATABASE_URL=use_database, OMR_DATA_DIR=str(tmp_path / "data")
+    )
+    script = Path(sys.executable).with_name("omr-desktop")
+    # As `omr-desktop db status | head -1` does once head has its line.
+    with subprocess.Popen(
+        [str(script), "db", "status"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        process.stdout.close()
+        errors = process.stderr.read().decode()
+        returncode = process.wait(timeout=120)
+
+    assert "Traceback" not in errors
+    assert "BrokenPipe" not in errors
+    assert returncode in (0, 1)
+
+
 def test_demo_command_seeds_batch_once(
     use_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
