@@ -8,7 +8,7 @@ end event at 100 %:
    rows are encoded for COPY on the worker and streamed into a staging
    table as they arrive.
 3. Collecting Results: finish the COPY stream.
-4. Generating CSV Files: report the COPY text that was generated and staged.
+4. Generating CSV Files: report the COPY data that was generated and staged.
 5. Loading to Database: record history and update the changed answers.
 6. Recalculating Scores: ``REPROCESS_SHEET_SURGICAL`` for the processed sheets.
 7. Completed, or Failed with the reason.

@@ -53,9 +53,9 @@ logger = logging.getLogger(__name__)
 # whatever the sheet count: a 7,109-sheet task sends about 700, not 7,109.
 PROCESSING_EVENTS_PER_S = 10
 
-# Sheets whose COPY rows are sent in one go. 64 sheets of 150 answers is
-# about 1.4 MB of COPY text: small enough to keep memory flat, large enough
-# that the two COPY round trips per chunk do not matter.
+# Sheets whose COPY rows are sent in one go. 64 demo sheets of 150 answers
+# are about 1.6 MB of binary COPY data: small enough to keep memory flat,
+# large enough that the two COPY round trips per chunk do not matter.
 CHUNK_SHEETS = 64
 
 # Detections in flight per worker thread, so that no thread waits while the
@@ -308,8 +308,9 @@ def run_reprocess(
         detected_elsewhere=source.detected_elsewhere,
     )
     with database.connect() as conn:
-        # The workers encode COPY text as UTF-8; the server converts it to
-        # the database's own encoding, and fails the task where it cannot.
+        # The workers encode the COPY rows' texts as UTF-8; the server
+        # converts them to the database's own encoding, and fails the task
+        # where it cannot.
         conn.execute("SET client_encoding TO 'UTF8'")
         # The staging tables of a 7,109-sheet task hold about 1 M rows
         # (around 150 MB). With the default 8 MB of temp_buffers they spill
@@ -631,7 +632,7 @@ def _collect_results(run: _Run) -> None:
     run.emit(
         ev.GENERATING_CSV,
         f"CSV generation complete: {good} sheets, {run.answers_written} answers "
-        f"({megabytes:.1f} MB of COPY text staged)",
+        f"({megabytes:.1f} MB of COPY data staged)",
         100,
     )
 

@@ -1154,7 +1154,7 @@ def test_cancel_queued_task_never_starts(
     assert task_row(database, first[0]).status == task_store.SUCCESS
 
 
-# -- COPY text encoding -------------------------------------------------------------
+# -- COPY encoding ------------------------------------------------------------------
 
 AWKWARD_TEXTS = (
     "q\\1",
@@ -1461,7 +1461,7 @@ def latin1_conninfo(pg_admin_conninfo: str) -> Iterator[str]:
 def test_copy_rows_survive_latin1_database(latin1_conninfo: str) -> None:
     answer = Answer("Zoë", "A", "A", 0.5, "clear", False, (0.5,))
     with psycopg.connect(latin1_conninfo, autocommit=True) as conn:
-        # As the reprocess writer does: its COPY text is UTF-8.
+        # As the reprocess writer does: its COPY texts are UTF-8.
         conn.execute("SET client_encoding TO 'UTF8'")
         conn.execute(
             "CREATE TEMP TABLE copied_answers (sheet_id bigint, question text,"
