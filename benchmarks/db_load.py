@@ -5,11 +5,11 @@
 Builds a batch of N sheets x Q answers (no images), then runs what a
 reprocess does after detection, from the first COPY byte to COMMIT, in one
 transaction, twice: with one answer in ten changed and with every answer
-changed. The COPY data is the staged rows of a real reprocess in the
-pipeline's binary format, produced by the server (COPY ... TO STDOUT) so
-that Python only moves bytes. Then the same rows are updated one statement
-per row with psycopg's pipelined executemany, on an identical table, and
-the ratio is printed.
+changed, each right after a CHECKPOINT. The COPY data is the staged rows
+of a real reprocess in the pipeline's binary format, produced by the
+server (COPY ... TO STDOUT) so that Python only moves bytes. Then the
+same rows are updated one statement per row with psycopg's pipelined
+executemany, on an identical table, and the ratio is printed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rescore import fill  # noqa: E402
-from scratch_db import executemany_baseline, scratch_database  # noqa: E402
+from scratch_db import (  # noqa: E402
+    checkpoint,
+    executemany_baseline,
+    scratch_database,
+)
 
 from omr_desktop.db import reprocess_store, task_store  # noqa: E402
 from omr_desktop.db.migrate import migrate  # noqa: E402
@@ -104,6 +108,7 @@ def reprocess_once(conninfo: str, sheet_ids: list[int], every: int) -> dict[str,
     task_id = str(uuid.uuid4())
     with psycopg.connect(conninfo, autocommit=True) as conn:
         task_store.create_task(conn, task_id, 2, sheet_ids, {})
+    checkpoint(conninfo)
     times: dict[str, float] = {}
     with psycopg.connect(conninfo) as conn:
         conn.execute("SET temp_buffers TO '512MB'")

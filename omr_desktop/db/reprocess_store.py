@@ -8,6 +8,7 @@ exactly as long as the task's transaction.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,12 +192,23 @@ def apply_changes(
     ``answer_corrected`` and who corrected it; its raw answer, fills,
     confidence, reason and review marker still take the new values.
     """
+    started = time.perf_counter()
     update = _update_answers(conn, task_id, keep_manual)
+    updated = time.perf_counter()
     inserted = 0
     if update.matched < staged:
         inserted = _insert_missing_answers(conn, task_id)
     _record_sheet_history(conn, task_id)
     _update_sheets(conn, task_id)
+    logger.debug(
+        "Task %s: updated %d answers in %.2f s, inserted %d, sheets and their "
+        "history in %.2f s",
+        task_id,
+        update.updated,
+        updated - started,
+        inserted,
+        time.perf_counter() - updated,
+    )
     return ChangeCounts(
         update.updated, update.changed, inserted, update.corrections_kept
     )
