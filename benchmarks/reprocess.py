@@ -204,10 +204,26 @@ def _wal_lsn(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def _counted_checkpoints(conninfo: str, previous: int) -> int:
+    """Return the checkpoint count once it includes the one just requested.
+
+    The checkpointer wakes the CHECKPOINT command before it updates its
+    statistics, so a count read at once may still miss that checkpoint
+    and then show it as one run during the reprocess.
+    """
+    deadline = time.monotonic() + 5.0
+    count = checkpoints_done(conninfo)
+    while count <= previous and time.monotonic() < deadline:
+        time.sleep(0.05)
+        count = checkpoints_done(conninfo)
+    return count
+
+
 def child_run(conninfo: str, workers: int) -> dict[str, Any]:
     """Run one reprocess in a child process, right after a checkpoint."""
+    previous = checkpoints_done(conninfo)
     checkpoint(conninfo)
-    before = checkpoints_done(conninfo)
+    before = _counted_checkpoints(conninfo, previous)
     done = subprocess.run(
         [sys.executable, __file__, "--child", conninfo, "--workers", str(workers)],
         capture_output=True,

@@ -95,12 +95,13 @@ def checkpoint(conninfo: str) -> None:
     """Run a checkpoint now, so that none falls into the timed run after it.
 
     The server starts a checkpoint checkpoint_timeout after the last one
-    (15 minutes on the embedded server), or once enough WAL was written.
-    One that overlaps a timed UPDATE slows it down with its writes, and
-    by when it happens it decides which pages need a full page image.
-    After an explicit checkpoint the next timed one is 15 minutes away, so
-    each run starts from the same state: every page it changes writes a
-    full page image, and no checkpoint writes compete with it.
+    (15 minutes on the embedded server, 5 by PostgreSQL's default), or once
+    enough WAL was written. One that overlaps a timed UPDATE slows it down
+    with its writes, and by when it happens it decides which pages need a
+    full page image. After an explicit checkpoint the next timed one is
+    checkpoint_timeout away, so a run shorter than that starts from the
+    same state: every page it changes writes a full page image, and no
+    checkpoint writes compete with it.
     """
     with psycopg.connect(conninfo, autocommit=True) as conn:
         try:

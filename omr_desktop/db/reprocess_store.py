@@ -194,20 +194,22 @@ def apply_changes(
     """
     started = time.perf_counter()
     update = _update_answers(conn, task_id, keep_manual)
-    updated = time.perf_counter()
+    update_done = time.perf_counter()
     inserted = 0
     if update.matched < staged:
         inserted = _insert_missing_answers(conn, task_id)
+    insert_done = time.perf_counter()
     _record_sheet_history(conn, task_id)
     _update_sheets(conn, task_id)
     logger.debug(
-        "Task %s: updated %d answers in %.2f s, inserted %d, sheets and their "
-        "history in %.2f s",
+        "Task %s: updated %d answers in %.2f s, inserted %d in %.2f s, "
+        "sheets and their history in %.2f s",
         task_id,
         update.updated,
-        updated - started,
+        update_done - started,
         inserted,
-        time.perf_counter() - updated,
+        insert_done - update_done,
+        time.perf_counter() - insert_done,
     )
     return ChangeCounts(
         update.updated, update.changed, inserted, update.corrections_kept

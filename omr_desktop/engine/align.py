@@ -277,10 +277,10 @@ def _block_contrast(
     field_min = padded[:, search.min_index].min(axis=1)
     field_sum = padded[:, search.sum_index].sum(axis=2)
     contrast = field_sum / layout.counts[None, :] - field_min
-    # Summed per block without BLAS: a matrix product with one-hot block
-    # weights ran in OpenBLAS, whose threads spin while they wait for
-    # work. With two detection threads that spinning took about as much
-    # CPU as the whole measurement (read_sheet on 2 threads: 1.59 times
-    # the decode alone, 1.41 with OPENBLAS_NUM_THREADS=1).
+    # Summed per block without BLAS. A matrix product with one-hot block
+    # weights ran in OpenBLAS, whose threads keep spinning for a while
+    # after each call and took CPU from the detection threads: in one run
+    # read_sheet + encode on 2 threads took 1.71 times the decode alone,
+    # and 1.41 times with OPENBLAS_NUM_THREADS=1.
     by_block = contrast[:, search.block_order]
     return np.add.reduceat(by_block, search.block_starts, axis=1)

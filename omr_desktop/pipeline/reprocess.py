@@ -448,8 +448,9 @@ def _check_redecide(rows: Sequence[SheetRow], settings: ProfileSettings) -> None
     if unusable:
         raise ReprocessError(
             f"Sheets {_ids(unusable)} have no stored fills measured the way this "
-            "profile measures, so they cannot be re-decided without their "
-            "images. Reprocess them without --redecide."
+            "profile measures (other measurement settings, or an earlier "
+            "version of the engine), so they cannot be re-decided without "
+            "their images. Reprocess them without --redecide."
         )
 
 

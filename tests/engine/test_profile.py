@@ -99,8 +99,9 @@ def test_measurement_hash_changes_with_version(
 
 
 def test_measurement_hash_is_stable() -> None:
-    # A stored hash must stay valid across runs and versions; this value
-    # changes only when the default measurement settings change.
+    # A stored hash must stay valid across runs and versions of Python;
+    # this value changes only when the default measurement settings or
+    # MEASUREMENT_VERSION change.
     digest = measurement_hash(ProfileSettings())
     assert digest == measurement_hash(parse_profile_settings({}))
     assert len(digest) == 16
