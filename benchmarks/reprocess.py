@@ -108,17 +108,14 @@ def report(args: argparse.Namespace, conninfo: str, scratch: Path) -> None:
 
     # The machine's speed drifts over minutes, so each reprocess is compared
     # with the mean of the decode passes just before and just after it.
-    decodes = [decode_baseline(conninfo, args.workers)]
-    print_decode(decodes[-1], args.sheets)
+    decodes = [timed_decode(conninfo, args)]
     usual = child_run(conninfo, args.workers)
     print_run("Sensitive, one answer in ten changes", usual, args.sheets)
-    decodes.append(decode_baseline(conninfo, args.workers))
-    print_decode(decodes[-1], args.sheets)
+    decodes.append(timed_decode(conninfo, args))
     overwrite_answers(conninfo)
     every = child_run(conninfo, args.workers)
     print_run("Sensitive, every answer changes", every, args.sheets)
-    decodes.append(decode_baseline(conninfo, args.workers))
-    print_decode(decodes[-1], args.sheets)
+    decodes.append(timed_decode(conninfo, args))
 
     baseline_s = executemany_baseline(conninfo)
     print(
@@ -146,8 +143,11 @@ def report(args: argparse.Namespace, conninfo: str, scratch: Path) -> None:
     )
 
 
-def print_decode(seconds: float, sheets: int) -> None:
-    print(f"Decode baseline: {seconds:.1f} s, {sheets / seconds:.0f} sheets/s")
+def timed_decode(conninfo: str, args: argparse.Namespace) -> float:
+    """Run and print one decode baseline pass; return its seconds."""
+    seconds = decode_baseline(conninfo, args.workers)
+    print(f"Decode baseline: {seconds:.1f} s, {args.sheets / seconds:.0f} sheets/s")
+    return seconds
 
 
 def print_run(label: str, run_data: dict[str, Any], sheets: int) -> None:

@@ -28,11 +28,12 @@ _MIN_GAIN = 0.01
 # measures 1-3 (noise, printed letters), a marked one 50 or more, and
 # without this floor a blank block drifts onto its printed outlines.
 _MIN_FIELD_CONTRAST = 12.0
-# Reduced bubbles for the paper level are about this many pixels across.
-# The paper level is smooth over several bubbles, so a coarser page loses
-# nothing it needs. On a demo sheet the closing takes 0.28 ms at 3.5 px and
-# 0.84 ms at 7 px. The paper levels differ by at most 3 grey levels, and
-# the real samples and the accuracy suite read every bubble the same.
+# Reduced bubbles for the paper level are at least this many pixels across
+# (3.5-7 px, because the scale is rounded down). The paper level is smooth
+# over several bubbles, so a coarser page loses nothing it needs. On a demo
+# sheet the closing takes 0.28 ms at 3.5 px and 0.84 ms at 7 px. The paper
+# levels differ by at most 3 grey levels, the real samples read the same,
+# and the accuracy suite keeps every read rate.
 _REDUCED_BUBBLE_PX = 3.5
 # The shift search keeps bubbles of this many pixels or more, so it places
 # a box to within one pixel of the measured image.
