@@ -41,6 +41,20 @@ _SEARCH_BUBBLE_PX = 12
 
 
 @dataclass(frozen=True)
+class FieldRun:
+    """Consecutive fields with the same number of bubbles.
+
+    A field's bubbles follow each other in template order, so the bubbles
+    of a run are one slice of the means and reshape to (fields, bubbles).
+    """
+
+    first_bubble: int
+    first_field: int
+    fields: int
+    bubbles: int
+
+
+@dataclass(frozen=True)
 class ShiftSearch:
     """Precomputed candidate shifts for one template.
 
@@ -50,19 +64,27 @@ class ShiftSearch:
             is (0, 0).
         coarse: Rows of ``shifts`` tried first: every third step, with
             (0, 0) as the first row.
+        window: (top, bottom, left, right) of the part of the reduced
+            image whose integral the search reads: every box at every
+            candidate shift lies inside it. It is the whole image when a
+            box can reach the image's edge.
         corner_index: (4, n_bubbles) int, flat indices of each box's
             top-left, top-right, bottom-left and bottom-right corners in
-            the integral image.
+            the window's integral image.
+        coarse_index: (4, n_bubbles, n_coarse) int, ``corner_index`` moved
+            by every coarse shift, clipped to the integral image. The
+            coarse shifts are the same for every sheet.
+        coarse_allowed: (n_blocks, n_coarse) bool, coarse shifts within
+            each block's limit.
+        clip: True when a shifted index can leave the integral image,
+            which only happens when the window is the whole image.
         area: (n_bubbles,) float, pixels per box.
-        stride: Row length of the integral image.
+        stride: Row length of the window's integral image.
         limit: (n_blocks,) int, the largest shift allowed per block.
         min_contrast: (n_blocks,) float, the score below which a block
             counts as blank and stays in place.
-        sum_index: (n_fields, max_bubbles) int, each field's bubbles as
-            columns of the means with a 0 and an inf column appended;
-            padding points at the 0 column.
-        min_index: (max_bubbles, n_fields) int, the same transposed, with
-            padding at the inf column.
+        runs: The template's fields as runs of equal bubble counts.
+        counts: (n_fields,) float, bubbles per field.
         block_order: (n_fields,) int, the fields sorted by block, in
             template order within a block.
         block_starts: (n_blocks,) int, where each block's fields start in
@@ -72,13 +94,17 @@ class ShiftSearch:
     scale: int
     shifts: npt.NDArray[np.intp]
     coarse: npt.NDArray[np.intp]
+    window: tuple[int, int, int, int]
     corner_index: npt.NDArray[np.intp]
+    coarse_index: npt.NDArray[np.intp]
+    coarse_allowed: npt.NDArray[np.bool_]
+    clip: bool
     area: npt.NDArray[np.float64]
     stride: int
     limit: npt.NDArray[np.intp]
     min_contrast: npt.NDArray[np.float64]
-    sum_index: npt.NDArray[np.intp]
-    min_index: npt.NDArray[np.intp]
+    runs: tuple[FieldRun, ...]
+    counts: npt.NDArray[np.float64]
     block_order: npt.NDArray[np.intp]
     block_starts: npt.NDArray[np.intp]
 
@@ -150,31 +176,78 @@ def build_shift_search(
         ],
         axis=1,
     ).astype(np.intp)
-    x1, y1, x2, y2 = corners.T
-    stride = width + 1  # the integral image has one more column
+    window = _window(corners, radius + 1, height, width)
+    top, _, left, right = window
+    x1, y1, x2, y2 = (corners - [left, top, left, top]).T
+    stride = right - left + 1  # the integral image has one more column
     corner_index = np.stack(
         [y1 * stride + x1, y1 * stride + x2, y2 * stride + x1, y2 * stride + x2]
     ).astype(np.intp)
     area = ((x2 - x1) * (y2 - y1)).astype(np.float64)
     fields = np.bincount(layout.field_block, minlength=n_blocks)
     floor = _MIN_FIELD_CONTRAST * fields.astype(np.float64)
-    n_bubbles = len(boxes)
     block_order = np.argsort(layout.field_block, kind="stable").astype(np.intp)
     block_starts = np.concatenate([[0], np.cumsum(fields)[:-1]]).astype(np.intp)
+
+    clip = window == (0, height, 0, width)
+    coarse_shifts = shifts[coarse]
+    coarse_offsets = coarse_shifts[:, 1] * stride + coarse_shifts[:, 0]
+    coarse_index = corner_index[:, :, None] + coarse_offsets[None, None, :]
+    integral_size = (window[1] - top + 1) * stride
+    if clip:
+        np.clip(coarse_index, 0, integral_size - 1, out=coarse_index)
+    reach = np.abs(coarse_shifts).max(axis=1)
     return ShiftSearch(
         scale=scale,
         shifts=shifts,
         coarse=coarse,
+        window=window,
         corner_index=corner_index,
+        coarse_index=coarse_index.astype(np.intp),
+        coarse_allowed=reach[None, :] <= limit[:, None],
+        clip=clip,
         area=area,
         stride=stride,
         limit=limit,
         min_contrast=floor,
-        sum_index=np.where(layout.valid, layout.index, n_bubbles).astype(np.intp),
-        min_index=np.where(layout.valid, layout.index, n_bubbles + 1).T.copy(),
+        runs=_field_runs(layout),
+        counts=layout.counts.astype(np.float64),
         block_order=block_order,
         block_starts=block_starts,
     )
+
+
+def _window(
+    corners: npt.NDArray[np.intp], margin: int, height: int, width: int
+) -> tuple[int, int, int, int]:
+    """Return (top, bottom, left, right) around every box moved by ``margin``.
+
+    Returns the whole image when that area would cross an edge, so that a
+    box pushed over the edge reads the clipped corners it always read.
+    """
+    top = int(corners[:, 1].min()) - margin
+    bottom = int(corners[:, 3].max()) + margin
+    left = int(corners[:, 0].min()) - margin
+    right = int(corners[:, 2].max()) + margin
+    if top < 0 or left < 0 or bottom > height or right > width:
+        return (0, height, 0, width)
+    return (top, bottom, left, right)
+
+
+def _field_runs(layout: FieldLayout) -> tuple[FieldRun, ...]:
+    """Split the fields into runs of consecutive fields of equal size."""
+    runs: list[FieldRun] = []
+    first_bubble = 0
+    for field_number, count in enumerate(layout.counts.tolist()):
+        last = runs[-1] if runs else None
+        if last is not None and last.bubbles == count:
+            runs[-1] = FieldRun(
+                last.first_bubble, last.first_field, last.fields + 1, count
+            )
+        else:
+            runs.append(FieldRun(first_bubble, field_number, 1, count))
+        first_bubble += count
+    return tuple(runs)
 
 
 def find_block_shifts(
@@ -189,22 +262,26 @@ def find_block_shifts(
     n_blocks = len(layout.block_names)
     if search.shifts.shape[0] == 1:
         return np.zeros((n_blocks, 2), dtype=np.intp)
-    integral = np.asarray(cv2.integral(reduced), np.int32)
+    top, bottom, left, right = search.window
+    window = reduced[top:bottom, left:right]
+    integral = np.asarray(cv2.integral(window), dtype=np.int32).ravel()
     blocks = np.arange(n_blocks)
 
-    coarse = search.shifts[search.coarse]
-    per_block = np.broadcast_to(coarse[:, None, :], (len(coarse), n_blocks, 2))
-    score = _scores(integral, search, layout, per_block)
-    base = score[0]  # coarse row 0 is no shift
-    best = coarse[np.argmax(score, axis=0)]  # (n_blocks, 2)
+    # Scores are (n_blocks, n_shifts).
+    coarse_means = _box_means(integral, search, search.coarse_index)
+    score = np.where(
+        search.coarse_allowed, _block_contrast(coarse_means, search), -np.inf
+    )
+    base = score[:, 0]  # coarse row 0 is no shift
+    best = search.shifts[search.coarse[np.argmax(score, axis=1)]]  # (n_blocks, 2)
 
-    candidates = best[None, :, :] + _NEIGHBOURS[:, None, :]  # (9, n_blocks, 2)
+    candidates = best[:, None, :] + _NEIGHBOURS[None, :, :]  # (n_blocks, 9, 2)
     fine = _scores(integral, search, layout, candidates)
-    fine_best = np.argmax(fine, axis=0)
-    chosen = candidates[fine_best, blocks]
-    gain = fine[fine_best, blocks] - base
+    fine_best = np.argmax(fine, axis=1)
+    chosen = candidates[blocks, fine_best]
+    gain = fine[blocks, fine_best] - base
     keep = (gain > _MIN_GAIN * np.maximum(base, 1.0)) & (
-        np.maximum(base, fine[fine_best, blocks]) >= search.min_contrast
+        np.maximum(base, fine[blocks, fine_best]) >= search.min_contrast
     )
     return np.where(keep[:, None], chosen, 0) * search.scale
 
@@ -220,68 +297,77 @@ def _scores(
     layout: FieldLayout,
     shifts: npt.NDArray[np.intp],
 ) -> npt.NDArray[np.float64]:
-    """Score per-block shifts (n_shifts, n_blocks, 2); -inf beyond a limit."""
-    offsets = shifts[..., 1] * search.stride + shifts[..., 0]  # (n_shifts, n_blocks)
-    means = _box_means(integral.ravel(), search, offsets[:, layout.bubble_block])
-    score = _block_contrast(means, layout, search)
-    reach = np.abs(shifts).max(axis=2)  # (n_shifts, n_blocks)
-    return np.where(reach <= search.limit[None, :], score, -np.inf)
+    """Score per-block shifts (n_blocks, n_shifts, 2); -inf beyond a limit."""
+    offsets = shifts[..., 1] * search.stride + shifts[..., 0]  # (n_blocks, n_shifts)
+    index = search.corner_index[:, :, None] + offsets[layout.bubble_block][None]
+    if search.clip and _reaches_outside(index, integral.size):
+        np.clip(index, 0, integral.size - 1, out=index)
+    score = _block_contrast(_box_means(integral, search, index), search)
+    reach = np.abs(shifts).max(axis=2)  # (n_blocks, n_shifts)
+    return np.where(reach <= search.limit[:, None], score, -np.inf)
 
 
 def _box_means(
     integral: npt.NDArray[np.int32],
     search: ShiftSearch,
-    offsets: npt.NDArray[np.intp],
+    index: npt.NDArray[np.intp],
 ) -> npt.NDArray[np.float64]:
-    """Return mean grey of every shifted box, shape (n_shifts, n_bubbles).
+    """Return mean grey of every shifted box, shape (n_bubbles, n_shifts).
 
-    ``integral`` is the flattened integral image and ``offsets`` the flat
-    index offset of each box's shift. An index past either end of the
-    image is clipped to it. A box pushed over the left or right edge wraps
-    into the next row instead, which only matters for bubbles within the
-    search limit of the page edge.
+    ``integral`` is the flattened integral image of the search window and
+    ``index`` (4, n_bubbles, n_shifts) the flat indices of the shifted
+    boxes' corners, each bubble's shifts next to each other so that the
+    gather reads one neighbourhood at a time. A box pushed over the left
+    or right edge of the whole image wraps into the next row, which only
+    matters for bubbles within the search limit of the page edge.
     """
-    index = search.corner_index[:, None, :] + offsets[None, :, :]
-    if _reaches_outside(search, offsets, integral.size):
-        np.clip(index, 0, integral.size - 1, out=index)
     top_left, top_right, bottom_left, bottom_right = integral[index]
     # The box sums are exact in int32, because each difference of two
     # corners in one column lies between 0 and the largest integral value.
     # Dividing them gives the same means as summing in float64 would.
     total = (bottom_right - top_right) - (bottom_left - top_left)
-    return np.asarray(total / search.area[None, :], dtype=np.float64)
+    return np.asarray(total / search.area[:, None], dtype=np.float64)
 
 
-def _reaches_outside(
-    search: ShiftSearch, offsets: npt.NDArray[np.intp], size: int
-) -> bool:
-    """Return True when a shifted corner index falls outside the integral."""
-    low = int(search.corner_index.min()) + int(offsets.min())
-    high = int(search.corner_index.max()) + int(offsets.max())
-    return low < 0 or high > size - 1
+def _reaches_outside(index: npt.NDArray[np.intp], size: int) -> bool:
+    """Return True when a corner index falls outside the integral image."""
+    return int(index.min()) < 0 or int(index.max()) > size - 1
 
 
 def _block_contrast(
-    means: npt.NDArray[np.float64], layout: FieldLayout, search: ShiftSearch
+    means: npt.NDArray[np.float64], search: ShiftSearch
 ) -> npt.NDArray[np.float64]:
-    """Sum per block of (field mean - field minimum), shape (n_shifts, n_blocks)."""
-    # Padding reads an appended 0 for the sums and inf for the minimums.
-    # The minimum runs over the outer axis of a transposed gather, which
-    # numpy vectorises across fields; over a last axis of 5-10 bubbles it
-    # took 40 % longer. The sum keeps the (n_fields, max_bubbles) layout,
-    # because its rounding depends on the summation order.
-    n_shifts, n_bubbles = means.shape
-    padded = np.empty((n_shifts, n_bubbles + 2), dtype=np.float64)
-    padded[:, :n_bubbles] = means
-    padded[:, n_bubbles] = 0.0
-    padded[:, n_bubbles + 1] = np.inf
-    field_min = padded[:, search.min_index].min(axis=1)
-    field_sum = padded[:, search.sum_index].sum(axis=2)
-    contrast = field_sum / layout.counts[None, :] - field_min
+    """Sum per block of (field mean - field minimum), shape (n_blocks, n_shifts).
+
+    ``means`` is (n_bubbles, n_shifts). Each run of equal fields is one
+    (fields, bubbles, shifts) view, reduced one bubble position at a time
+    over whole (fields, shifts) slices. A reduction over a short last axis
+    took about six times as long, and a gather into a padded
+    (fields, max_bubbles) matrix about three and a half times.
+    """
+    contrast = np.empty((len(search.counts), means.shape[1]), dtype=np.float64)
+    for run in search.runs:
+        fields = slice(run.first_field, run.first_field + run.fields)
+        _run_contrast(means, run, contrast[fields])
     # Summed per block without BLAS. A matrix product with one-hot block
     # weights ran in OpenBLAS, whose threads keep spinning for a while
     # after each call and took CPU from the detection threads: in one run
     # read_sheet + encode on 2 threads took 1.71 times the decode alone,
     # and 1.41 times with OPENBLAS_NUM_THREADS=1.
-    by_block = contrast[:, search.block_order]
-    return np.add.reduceat(by_block, search.block_starts, axis=1)
+    return np.add.reduceat(contrast[search.block_order], search.block_starts, axis=0)
+
+
+def _run_contrast(
+    means: npt.NDArray[np.float64],
+    run: FieldRun,
+    out: npt.NDArray[np.float64],
+) -> None:
+    """Write (field mean - field minimum) of one run's fields into ``out``."""
+    end = run.first_bubble + run.fields * run.bubbles
+    grid = means[run.first_bubble : end].reshape(run.fields, run.bubbles, -1)
+    total = grid[:, 0].copy()
+    lowest = grid[:, 0].copy()
+    for k in range(1, run.bubbles):
+        total += grid[:, k]
+        np.minimum(lowest, grid[:, k], out=lowest)
+    np.subtract(total / run.bubbles, lowest, out=out)

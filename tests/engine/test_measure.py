@@ -13,6 +13,7 @@ import pytest
 
 from omr_desktop.engine import align, measure
 from omr_desktop.engine.image import decode_sheet_bytes
+from omr_desktop.engine.layout import field_layout
 from omr_desktop.engine.measure import measure_fills
 from omr_desktop.engine.profile import MeasurementSettings
 from omr_desktop.engine.synthetic import random_truth, render_sheet, render_sheet_image
@@ -67,9 +68,52 @@ def test_sampling_has_no_python_loop_over_bubbles() -> None:
         align.find_block_shifts,
         align._scores,
         align._box_means,
-        align._block_contrast,
     ):
         assert _loops(function) == [], function.__name__
+
+
+def test_block_contrast_loops_over_runs_not_bubbles(demo: Template) -> None:
+    # _block_contrast loops over runs of equal fields, and _run_contrast
+    # over the bubbles of one field: each step is a whole-array operation.
+    search = measure._geometry(demo, SETTINGS, 2).shift_search
+    assert search is not None
+    assert len(search.runs) <= 3
+    assert max(run.bubbles for run in search.runs) <= 10
+    assert sum(run.fields * run.bubbles for run in search.runs) == demo.n_bubbles
+
+
+def test_block_contrast_is_mean_minus_minimum_per_field(demo: Template) -> None:
+    search = measure._geometry(demo, SETTINGS, 2).shift_search
+    assert search is not None
+    layout = field_layout(demo)
+    means = np.random.default_rng(5).uniform(0, 255, (demo.n_bubbles, 3))
+    expected = np.zeros((len(layout.block_names), 3))
+    for field, block in enumerate(layout.field_block):
+        members = means[layout.index[field, : layout.counts[field]]]
+        expected[block] += members.mean(axis=0) - members.min(axis=0)
+    assert np.allclose(align._block_contrast(means, search), expected, rtol=1e-12)
+
+
+def test_search_window_matches_whole_page(
+    demo: Template, rng: np.random.Generator
+) -> None:
+    truth = random_truth(demo, rng, "clean")
+    image = render_sheet_image(demo, truth, rng)[::2, ::2].copy()
+    search = measure._geometry(demo, SETTINGS, 2).shift_search
+    assert search is not None
+    assert search.window != (0, image.shape[0], 0, image.shape[1])
+    top, bottom, left, right = search.window
+    window = np.asarray(cv2.integral(image[top:bottom, left:right]), np.int32).ravel()
+    whole = np.asarray(cv2.integral(image), np.int32).ravel()
+    row, column = np.divmod(search.corner_index, search.stride)
+    whole_index = (row + top) * (image.shape[1] + 1) + column + left
+    for dx, dy in [(0, 0), (-7, 7), (7, -7)]:
+        moved = search.corner_index + dy * search.stride + dx
+        whole_moved = whole_index + dy * (image.shape[1] + 1) + dx
+        assert np.array_equal(
+            align._box_means(window, search, moved[:, :, None]),
+            align._box_means(whole, search, whole_moved[:, :, None]),
+        )
 
 
 def test_measure_is_a_few_ms(demo: Template, rng: np.random.Generator) -> None:
@@ -143,15 +187,24 @@ def test_shifted_samples_clip_to_page_edge(demo: Template, dx: int, dy: int) -> 
 
 @pytest.mark.parametrize("dy", [0, -500, 2000])
 def test_box_means_are_clipped_corner_sums(demo: Template, dy: int) -> None:
-    image = np.random.default_rng(3).integers(0, 256, (1200, 850), dtype=np.uint8)
-    search = measure._geometry(demo, SETTINGS, 2).shift_search
-    assert search is not None
-    integral = cv2.integral(image).ravel()
-    offsets = np.tile(np.array([[dy * search.stride + 1]]), (2, demo.n_bubbles))
-    offsets[1, ::3] = 0  # one row mixes moved and unmoved boxes
-    index = np.clip(search.corner_index[:, None, :] + offsets, 0, integral.size - 1)
+    # A search over a page whose boxes reach its edge reads the whole page
+    # and clips each shifted corner to the integral image.
+    # The demo's boxes end 1 px inside this image, closer than the search
+    # limit.
+    shape = (1171, 750)
+    image = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    layout = field_layout(demo)
+    search = align.build_shift_search(layout, 0.5, (1200, 850), image_scale=2)
+    edge = align.build_shift_search(layout, 0.5, shape, image_scale=2)
+    assert edge.clip
+    assert edge.window == (0, 1171, 0, 750)
+    integral = np.asarray(cv2.integral(image), np.int32).ravel()
+    offsets = np.tile(np.array([[dy * edge.stride + 1]]), (demo.n_bubbles, 2))
+    offsets[::3, 1] = 0  # one shift mixes moved and unmoved boxes
+    index = np.clip(edge.corner_index[:, :, None] + offsets, 0, integral.size - 1)
     tl, tr, bl, br = integral[index].astype(np.float64)
-    expected = (br - tr - bl + tl) / search.area
-    means = align._box_means(integral, search, offsets)
+    expected = (br - tr - bl + tl) / edge.area[:, None]
+    means = align._box_means(integral, edge, index)
     assert means.dtype == np.float64
     assert np.array_equal(means, expected)
+    assert not search.clip
