@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from omr_desktop.engine.profile import (
 from omr_desktop.engine.reader import MeasurementMismatchError, read_sheet, redecide
 from omr_desktop.engine.synthetic import random_truth, render_sheet
 from omr_desktop.engine.template import Template, load_template
+
+# The module, which the package's `decide` function hides.
+decide_module = importlib.import_module("omr_desktop.engine.decide")
 
 DEFAULT = BUILTIN_PROFILES[1].settings.decision
 SENSITIVE = BUILTIN_PROFILES[2].settings.decision
@@ -261,3 +265,16 @@ def test_spelling_table_stops_growing() -> None:
         expected = "".join(f"v{j}" for j in np.flatnonzero(marked[0]))
         assert spelled == [expected]
     assert len(plan.spellings[0]) == answer_plan_module._MAX_CACHED_SPELLINGS
+
+
+@pytest.mark.parametrize("q", [0.0, 0.25, 0.5, 0.6, 0.999, 1.0])
+def test_sheet_quantile_equals_numpy_quantile(q: float) -> None:
+    rng = np.random.default_rng(17)
+    for size in (1, 2, 3, 7, 850, 851):
+        for _ in range(50):
+            values = rng.random(size, dtype=np.float32)
+            values[rng.random(size) < 0.3] = 0.0  # ties, as blank bubbles give
+            expected = float(np.quantile(values, q))
+            assert decide_module._linear_quantile(values, q) == expected
+    with_nan = np.array([0.1, np.nan, 0.3], dtype=np.float32)
+    assert np.isnan(decide_module._linear_quantile(with_nan, q))
