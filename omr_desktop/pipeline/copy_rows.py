@@ -66,8 +66,9 @@ def encode_answers(sheet_id: int, answers: Sequence[Answer]) -> bytes:
     """
     if not answers:
         return b""
-    questions, raws, corrected, confidences, reasons, reviews, fills = zip(
-        *map(_ANSWER_VALUES, answers), strict=True
+    # Answer is a named tuple, so zip turns the rows into columns in C.
+    questions, raws, corrected, confidences, reasons, reviews, fills, _ = zip(
+        *answers, strict=True
     )
     layout = _binary_layout(tuple(zip(questions, map(len, fills), strict=True)))
     words = layout.words.copy()
@@ -89,16 +90,6 @@ def encode_answers(sheet_id: int, answers: Sequence[Answer]) -> bytes:
     values: tuple[bytes, ...] = layout.row_order(columns)
     return layout.format % values
 
-
-_ANSWER_VALUES = operator.attrgetter(
-    "question",
-    "answer_raw",
-    "answer_corrected",
-    "confidence_score",
-    "reason",
-    "needs_review",
-    "fills",
-)
 
 # Every answer row starts with its field count and the sheet id's length.
 _ROW_HEAD = len(ANSWER_COLUMNS).to_bytes(2, "big") + (8).to_bytes(4, "big")
