@@ -1,6 +1,7 @@
 """Reprocess a batch end to end and compare it with two baselines.
 
-    python benchmarks/reprocess.py [--sheets 7109] [--workers 2] [--dsn URL]
+    python benchmarks/reprocess.py [--sheets 7109] [--workers 2] [--rounds 1]
+        [--dsn URL]
 
 1. Seeds N demo sheets (1700 x 2400 grey JPEG at quality 90, 150 questions
    x 5 options) read with Default, in a scratch database and folder.
@@ -15,9 +16,13 @@
    copy of omr_answers.
 
 Each reprocess and the executemany baseline start right after a
-CHECKPOINT, so that no checkpoint started by earlier writes overlaps them.
-Prints per-stage times, sheets and answers per second, peak memory, the
-checkpoints during each reprocess, and the two ratios. Without --dsn it
+CHECKPOINT, so that no checkpoint started by earlier writes overlaps them,
+and each reprocess after a VACUUM ANALYZE of the database, so that no
+autovacuum shares the cores with it. Prints per-stage times, sheets and
+answers per second, peak memory, the checkpoints and autovacuums during
+each reprocess, the CPU time of the reprocess and of the postgres
+processes, and the two ratios. With --rounds N, steps 2-5 run N times on
+the same batch, each round after the batch was read with Default again. Without --dsn it
 starts an embedded server in a temporary folder; with --dsn it creates and
 drops a database omr_bench_<pid> there.
 """
@@ -53,6 +58,7 @@ from omr_desktop.db.migrate import migrate
 from omr_desktop.engine import Template
 from omr_desktop.engine.image import load_sheet_for_measuring
 
+DEFAULT = 1
 SENSITIVE = 2
 
 
@@ -74,7 +80,16 @@ def parse_args() -> argparse.Namespace:
         help="PostgreSQL URL of a role that may create "
         "databases (default: a temporary embedded server)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the timed reprocesses on the same seeded batch (default 1)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile", type=int, default=SENSITIVE, help=argparse.SUPPRESS
+    )
     return parser.parse_args()
 
 
@@ -101,19 +116,30 @@ def report(args: argparse.Namespace, conninfo: str, scratch: Path) -> None:
         f"{time.perf_counter() - started:.0f} s ({seed_wal_mb:,.0f} MB of WAL)"
     )
 
-    # The seed's inserts would start an autovacuum of omr_answers during a
-    # timed pass; this one leaves autovacuum nothing to do.
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE")
+    for number in range(1, args.rounds + 1):
+        if number > 1:
+            # Read with Default again, so that Sensitive changes one answer
+            # in ten once more.
+            child_run(conninfo, args.workers, DEFAULT)
+        # Earlier writes would start autovacuums during a timed pass, unless
+        # a VACUUM has just done their work.
+        vacuum(conninfo)
+        if args.rounds > 1:
+            print(f"Round {number} of {args.rounds}:")
+        run_round(args, conninfo)
 
+
+def run_round(args: argparse.Namespace, conninfo: str) -> None:
+    """Time both reprocesses, the decode passes around them and executemany."""
     # The machine's speed drifts over minutes, so each reprocess is compared
     # with the mean of the decode passes just before and just after it.
     decodes = [timed_decode(conninfo, args)]
-    usual = child_run(conninfo, args.workers)
+    usual = child_run(conninfo, args.workers, SENSITIVE)
     print_run("Sensitive, one answer in ten changes", usual, args.sheets)
     decodes.append(timed_decode(conninfo, args))
     overwrite_answers(conninfo)
-    every = child_run(conninfo, args.workers)
+    vacuum(conninfo)
+    every = child_run(conninfo, args.workers, SENSITIVE)
     print_run("Sensitive, every answer changes", every, args.sheets)
     decodes.append(timed_decode(conninfo, args))
 
@@ -143,10 +169,21 @@ def report(args: argparse.Namespace, conninfo: str, scratch: Path) -> None:
     )
 
 
+def vacuum(conninfo: str) -> None:
+    """VACUUM ANALYZE the whole database, so that no autovacuum starts soon."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+
+
 def timed_decode(conninfo: str, args: argparse.Namespace) -> float:
     """Run and print one decode baseline pass; return its seconds."""
+    cpu = time.process_time()
     seconds = decode_baseline(conninfo, args.workers)
-    print(f"Decode baseline: {seconds:.1f} s, {args.sheets / seconds:.0f} sheets/s")
+    cpu = time.process_time() - cpu
+    print(
+        f"Decode baseline: {seconds:.1f} s, {args.sheets / seconds:.0f} sheets/s, "
+        f"CPU {cpu:.1f} s"
+    )
     return seconds
 
 
@@ -174,6 +211,12 @@ def print_run(label: str, run_data: dict[str, Any], sheets: int) -> None:
     )
     print(f"  peak memory {run_data['peak_rss_mb']:.0f} MB")
     print(f"  checkpoints during the run: {run_data['checkpoints']}")
+    vacuumed = ", ".join(run_data["autovacuums"]) or "none"
+    print(f"  tables autovacuumed or autoanalyzed during the run: {vacuumed}")
+    print(
+        f"  CPU: reprocess process {run_data['child_cpu_s']:.1f} s, postgres "
+        f"processes {run_data['server_cpu_s']:.1f} s"
+    )
     for line in run_data["log"]:
         print(f"  {line}")
 
@@ -219,20 +262,76 @@ def _counted_checkpoints(conninfo: str, previous: int) -> int:
     return count
 
 
-def child_run(conninfo: str, workers: int) -> dict[str, Any]:
+def child_run(conninfo: str, workers: int, profile: int) -> dict[str, Any]:
     """Run one reprocess in a child process, right after a checkpoint."""
     previous = checkpoints_done(conninfo)
     checkpoint(conninfo)
     before = _counted_checkpoints(conninfo, previous)
+    vacuums = _autovacuums(conninfo)
+    server_cpu = _server_cpu_s()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
-        [sys.executable, __file__, "--child", conninfo, "--workers", str(workers)],
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            conninfo,
+            "--workers",
+            str(workers),
+            "--profile",
+            str(profile),
+        ],
         capture_output=True,
         text=True,
         check=True,
     )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     run_data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     run_data["checkpoints"] = checkpoints_done(conninfo) - before
+    run_data["autovacuums"] = sorted(
+        name
+        for name, count in _autovacuums(conninfo).items()
+        if count > vacuums.get(name, 0)
+    )
+    run_data["server_cpu_s"] = _server_cpu_s() - server_cpu
+    run_data["child_cpu_s"] = (after.ru_utime + after.ru_stime) - (
+        children.ru_utime + children.ru_stime
+    )
     return run_data
+
+
+def _autovacuums(conninfo: str) -> dict[str, int]:
+    """Return each table's count of autovacuums and autoanalyzes so far."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT relid::regclass::text, autovacuum_count + autoanalyze_count"
+            " FROM pg_stat_all_tables"
+        ).fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
+def _server_cpu_s() -> float:
+    """Return the CPU seconds used so far by this machine's postgres processes.
+
+    Each running process counts its own time and the time of its children
+    that have exited, so backends and autovacuum workers that ended since
+    the last call still count through the postmaster. On a machine without
+    /proc it is 0.
+    """
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name_end = text.rfind(")")
+        if text[text.find("(") + 1 : name_end] != "postgres":
+            continue
+        fields = text[name_end + 2 :].split()
+        # utime, stime, cutime, cstime: fields 14 to 17 of proc(5).
+        total += sum(int(value) for value in fields[11:15])
+    return total / ticks
 
 
 def child(args: argparse.Namespace) -> int:
@@ -253,7 +352,7 @@ def child(args: argparse.Namespace) -> int:
         manager.add_listener(
             lambda e: final.append(e) if e.event != "progress" else None
         )
-        task_id = manager.submit(ReprocessRequest(ids, SENSITIVE))
+        task_id = manager.submit(ReprocessRequest(ids, args.profile))
         manager.wait(task_id)
         manager.shutdown()
     database.close()
@@ -290,8 +389,6 @@ def overwrite_answers(conninfo: str) -> None:
             "UPDATE omr_answers SET answer_raw = 'Z', answer_corrected = 'Z',"
             " confidence_score = 0"
         )
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE omr_answers")
 
 
 if __name__ == "__main__":

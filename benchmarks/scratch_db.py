@@ -68,6 +68,7 @@ def executemany_baseline(conninfo: str) -> float:
             " WHERE oid = 'omr_answers'::regclass"
         ).fetchone()
         storage = f" WITH ({options[0]})" if options and options[0] else ""
+        conn.execute("DROP TABLE IF EXISTS answers_baseline")
         conn.execute(
             "CREATE TABLE answers_baseline (LIKE omr_answers INCLUDING ALL)" + storage
         )

@@ -83,9 +83,9 @@ def encode_answers(sheet_id: int, answers: Sequence[Answer]) -> bytes:
     head = _ROW_HEAD + sheet_id.to_bytes(8, "big", signed=True)
     columns: list[bytes] = [head]
     columns += [numbers[a:b] for a, b in layout.slices]
-    columns += map(_text_field, raws)
-    columns += map(_text_field, corrected)
-    columns += map(_text_field, reasons)
+    columns += _text_fields(raws)
+    columns += _text_fields(corrected)
+    columns += _text_fields(reasons)
     columns += [_TRUE_FIELD if review else _FALSE_FIELD for review in reviews]
     values: tuple[bytes, ...] = layout.row_order(columns)
     return layout.format % values
@@ -167,6 +167,14 @@ def _binary_layout(layout: tuple[tuple[str, int], ...]) -> _BinaryLayout:
 # size, so that unusual texts cannot grow it without bound.
 _MAX_TEXT_FIELDS = 4096
 _TEXT_FIELDS: dict[str, bytes] = {}
+
+
+def _text_fields(values: Sequence[str]) -> list[bytes]:
+    """Return each value's encoded field, looked up in C when all are cached."""
+    try:
+        return list(map(_TEXT_FIELDS.__getitem__, values))
+    except KeyError:
+        return list(map(_text_field, values))
 
 
 def _text_field(value: str) -> bytes:
