@@ -59,11 +59,12 @@ PROCESSING_EVENTS_PER_S = 10
 CHUNK_SHEETS = 64
 
 # Detections in flight per worker thread, so that no thread waits while the
-# writer sends a chunk, without queueing the whole selection. With 2
-# threads at 100 sheets/s, 16 sheets cover a COPY of 160 ms: the server
-# parses a chunk in about 20 ms alone, several times that while the
-# detection threads share its cores.
-IN_FLIGHT_PER_WORKER = 8
+# writer sends a chunk, without queueing the whole selection. The server
+# spent 0.4-0.5 ms of CPU a sheet on the COPY during Processing Sheets, so
+# about 30 ms a chunk, and it shares the 2 cores with both detection
+# threads, so a chunk can take several times that (an estimate). 16 sheets
+# in flight covered about 110 ms at 150 sheets/s, 64 cover about 400 ms.
+IN_FLIGHT_PER_WORKER = 32
 
 
 class TaskCancelledError(RuntimeError):
