@@ -34,8 +34,10 @@ import json
 import logging
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,8 +57,9 @@ from scratch_db import (  # noqa: E402
 from omr_desktop.config import DatabaseChoice
 from omr_desktop.db.database import Database
 from omr_desktop.db.migrate import migrate
-from omr_desktop.engine import Template
+from omr_desktop.engine import BUILTIN_PROFILES, Template, read_sheet
 from omr_desktop.engine.image import load_sheet_for_measuring
+from omr_desktop.pipeline.copy_rows import encode_answers, encode_sheet
 
 DEFAULT = 1
 SENSITIVE = 2
@@ -86,6 +89,15 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help="repeat the timed reprocesses on the same seeded batch (default 1)",
     )
+    parser.add_argument(
+        "--alternate",
+        type=int,
+        default=0,
+        metavar="K",
+        help="then alternate K decode passes and reprocesses of the first "
+        "--alternate-sheets sheets and compare the best of each (default 0)",
+    )
+    parser.add_argument("--alternate-sheets", type=int, default=300, metavar="M")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument(
         "--profile", type=int, default=SENSITIVE, help=argparse.SUPPRESS
@@ -127,6 +139,115 @@ def report(args: argparse.Namespace, conninfo: str, scratch: Path) -> None:
         if args.rounds > 1:
             print(f"Round {number} of {args.rounds}:")
         run_round(args, conninfo)
+    if args.alternate:
+        vacuum(conninfo)
+        alternate(args, conninfo)
+
+
+def alternate(args: argparse.Namespace, conninfo: str) -> None:
+    """Alternate decode passes and reprocesses of the same sheets, best of each.
+
+    The machine's speed drifts over minutes, and a full batch takes a
+    minute per pass, so a ratio of two full passes moves by a fifth from
+    one round to the next. Short passes taken in turn see the same drift,
+    and the best of each is the closest to an undisturbed machine. The
+    reprocesses run in this process; their Processing Sheets stage is
+    compared with the decode pass.
+    """
+    from omr_desktop.pipeline.reprocess import ReprocessRequest
+    from omr_desktop.pipeline.task_manager import TaskManager
+
+    database = Database(DatabaseChoice(conninfo, "environment"))
+    database.open()
+    with database.connect() as conn:
+        ids = tuple(
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM sheets ORDER BY id LIMIT %s", (args.alternate_sheets,)
+            )
+        )
+    decode_s: list[float] = []
+    detect_s: list[float] = []
+    processing_s: list[float] = []
+    finished: list[Any] = []
+    decode_cpu = reprocess_cpu = server_cpu = 0.0
+    # Server CPU at the first and the last event of Processing Sheets.
+    processing_server: list[float] = []
+
+    def listen(event: Any) -> None:
+        if event.event != "progress":
+            finished.append(event)
+        elif event.stage == "Processing Sheets" and (
+            not processing_server or event.progress_percentage >= 100
+        ):
+            processing_server.append(_server_cpu_s())
+
+    threads_before: dict[str, float] = {}
+    threads_after: dict[str, float] = {}
+    with ThreadPoolExecutor(args.workers) as executor:
+        manager = TaskManager(database, executor, args.workers)
+        manager.add_listener(listen)
+        copy_cpu = 0.0
+        for _ in range(args.alternate):
+            cpu = time.process_time()
+            decode_s.append(decode_baseline(conninfo, args.workers, len(ids)))
+            decode_cpu += time.process_time() - cpu
+            detect_s.append(decode_baseline(conninfo, args.workers, len(ids), True))
+            cpu, server = time.process_time(), _server_cpu_s()
+            before = _thread_cpu_s()
+            manager.wait(manager.submit(ReprocessRequest(ids, SENSITIVE)))
+            after = _thread_cpu_s()
+            reprocess_cpu += time.process_time() - cpu
+            server_cpu += _server_cpu_s() - server
+            copy_cpu += processing_server[-1] - processing_server[0]
+            processing_server.clear()
+            for name, seconds in after.items():
+                threads_before[name] = threads_before.get(name, 0.0) + before.get(
+                    name, 0.0
+                )
+                threads_after[name] = threads_after.get(name, 0.0) + seconds
+            event = finished[-1]
+            if event.event != "complete":
+                raise RuntimeError(f"reprocess failed: {event.message}")
+            processing_s.append(event.result["stage_s"]["Processing Sheets"])
+        manager.shutdown()
+    database.close()
+    print(
+        f"Alternating {args.alternate} decode passes and reprocesses of "
+        f"{len(ids)} sheets on {args.workers} threads:"
+    )
+    passes = (
+        ("decode", decode_s),
+        ("read and encode", detect_s),
+        ("Processing Sheets", processing_s),
+    )
+    for label, times in passes:
+        print(
+            f"  {label:<18} best {min(times):.2f} s ({len(ids) / min(times):.0f} "
+            f"sheets/s), median {statistics.median(times):.2f} s"
+        )
+    best = min(processing_s) / min(decode_s)
+    median = statistics.median(processing_s) / statistics.median(decode_s)
+    print(f"  Ratio Processing Sheets / decode: best {best:.2f}, median {median:.2f}")
+    best = min(detect_s) / min(decode_s)
+    median = statistics.median(detect_s) / statistics.median(decode_s)
+    print(
+        f"  Ratio read and encode without the pipeline / decode: best {best:.2f}, "
+        f"median {median:.2f}"
+    )
+    # The CPU of whole reprocesses, Loading to Database and the rescore
+    # included, per sheet.
+    sheets = args.alternate * len(ids)
+    shares = ", ".join(
+        f"{name} {1e3 * (threads_after[name] - threads_before[name]) / sheets:.2f}"
+        for name in threads_after
+    )
+    print(
+        f"  CPU per sheet: decode {1e3 * decode_cpu / sheets:.2f} ms; reprocess "
+        f"{1e3 * reprocess_cpu / sheets:.2f} ms ({shares}), postgres processes "
+        f"{1e3 * server_cpu / sheets:.2f} ms, of which during Processing Sheets "
+        f"{1e3 * copy_cpu / sheets:.2f} ms"
+    )
 
 
 def run_round(args: argparse.Namespace, conninfo: str) -> None:
@@ -217,27 +338,47 @@ def print_run(label: str, run_data: dict[str, Any], sheets: int) -> None:
         f"  CPU: reprocess process {run_data['child_cpu_s']:.1f} s, postgres "
         f"processes {run_data['server_cpu_s']:.1f} s"
     )
+    threads = run_data.get("thread_cpu_s", {})
+    if threads:
+        shares = ", ".join(f"{name} {cpu:.1f} s" for name, cpu in threads.items())
+        print(f"  CPU by thread: {shares}")
     for line in run_data["log"]:
         print(f"  {line}")
 
 
-def decode_baseline(conninfo: str, workers: int) -> float:
+def decode_baseline(
+    conninfo: str, workers: int, limit: int | None = None, detect: bool = False
+) -> float:
+    """Decode the first ``limit`` sheets (all by default) as the pipeline does.
+
+    With ``detect``, read and encode them as the pipeline's detection
+    threads do instead, without the database.
+    """
     with psycopg.connect(conninfo) as conn:
         layout = conn.execute("SELECT layout FROM templates LIMIT 1").fetchone()
         paths = [
             Path(r[0])
-            for r in conn.execute("SELECT image_path FROM sheets ORDER BY id")
+            for r in conn.execute(
+                "SELECT image_path FROM sheets ORDER BY id LIMIT %s", (limit,)
+            )
         ]
     assert layout is not None
     template = Template.from_dict(layout[0])
     # The decode read_sheet does: reduced where the template allows, kept at
     # half the page (load_sheet_image would also enlarge it, about 1.5 ms
     # a sheet that the pipeline never spends).
+    settings = BUILTIN_PROFILES[SENSITIVE].settings
+
+    def detect_one(path: Path) -> object:
+        reading = read_sheet(path, template, settings)
+        return encode_answers(1, reading.answers), encode_sheet(1, reading)
+
+    def decode_one(path: Path) -> object:
+        return load_sheet_for_measuring(path, template)
+
     started = time.perf_counter()
     with ThreadPoolExecutor(workers) as executor:
-        for _image in executor.map(
-            lambda p: load_sheet_for_measuring(p, template), paths
-        ):
+        for _result in executor.map(detect_one if detect else decode_one, paths):
             pass
     return time.perf_counter() - started
 
@@ -354,16 +495,59 @@ def child(args: argparse.Namespace) -> int:
         )
         task_id = manager.submit(ReprocessRequest(ids, args.profile))
         manager.wait(task_id)
+        threads = _thread_cpu_s()  # before the pool's threads exit
         manager.shutdown()
     database.close()
     event = final[-1]
     if event.event != "complete":
         print(event.message, file=sys.stderr)
         return 1
-    # ru_maxrss is in KiB on Linux.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"result": event.result, "peak_rss_mb": peak, "log": steps.lines}))
+    report = {
+        "result": event.result,
+        "peak_rss_mb": _peak_rss_mb(),
+        "log": steps.lines,
+        "thread_cpu_s": threads,
+    }
+    print(json.dumps(report))
     return 0
+
+
+def _thread_cpu_s() -> dict[str, float]:
+    """Return CPU seconds per Python thread name of this process, from /proc.
+
+    Threads of one pool share a name prefix ("ThreadPoolExecutor-0_1"), so
+    the pool's threads add up under the prefix. Threads that Python did not
+    start (none in a reprocess) are left out. Empty without /proc.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            text = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        name = thread.name.rsplit("_", 1)[0]
+        totals[name] = totals.get(name, 0.0) + seconds
+    return totals
+
+
+def _peak_rss_mb() -> float:
+    """Return this process's peak resident memory in MB.
+
+    Linux carries ru_maxrss over an exec from the process that forked, so a
+    child of a parent that once held a million executemany rows reported
+    1.2 GB. VmHWM in /proc belongs to the memory map made at the exec.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _StepLog(logging.Handler):
