@@ -60,10 +60,10 @@ CHUNK_SHEETS = 64
 
 # Detections in flight per worker thread, so that no thread waits while the
 # writer sends a chunk, without queueing the whole selection. The server
-# spent 0.4-0.5 ms of CPU a sheet on the COPY during Processing Sheets, so
-# about 30 ms a chunk, and it shares the 2 cores with both detection
-# threads, so a chunk can take several times that (an estimate). 16 sheets
-# in flight covered about 110 ms at 150 sheets/s, 64 cover about 400 ms.
+# spent 0.4-0.5 ms of CPU a sheet on the COPY during Processing Sheets,
+# about 30 ms a chunk. It shares the 2 cores with both detection threads,
+# so a chunk can take several times that (an estimate). 16 sheets in
+# flight covered about 110 ms at 150 sheets/s, 64 cover about 400 ms.
 IN_FLIGHT_PER_WORKER = 32
 
 
