@@ -164,12 +164,13 @@ def sheet_background(fills: npt.NDArray[np.float32]) -> float:
 
 
 def _linear_quantile(values: npt.NDArray[np.float32], q: float) -> float:
-    """Return ``np.quantile(values, q)`` for a 1-D array, bit for bit.
+    """Return ``np.quantile(values, q)`` for a 1-D array.
 
     It runs the same partition and interpolation as numpy's default
-    method. For 850 fills it took about 5 us against numpy's 95 us, which
-    go to handling every shape, method and weight numpy accepts. A test
-    compares both on random arrays.
+    method and gives the same bits, except that a zero result may differ
+    in its sign, which compares equal. For 850 fills it took about 5 us
+    against numpy's 95 us, which go to handling every shape, method and
+    weight numpy accepts. A test compares both on random arrays.
     """
     last = values.size - 1
     virtual = last * q

@@ -202,6 +202,13 @@ def _field_from_dict(data: Mapping[str, Any]) -> Field:
         Bubble(str(v), int(x), int(y), int(w), int(h))
         for v, x, y, w, h in data["bubbles"]
     )
+    # The template parser never makes such a field, and measuring assumes
+    # every field has a bubble.
+    if not bubbles:
+        raise ValueError(
+            f"field {data['label']!r} has no bubbles; import the template "
+            "again from its template.json"
+        )
     return Field(
         label=str(data["label"]),
         block=str(data["block"]),

@@ -241,3 +241,11 @@ def test_pickle_drops_engine_caches(demo: Template) -> None:
     copy_ = pickle.loads(data)
     assert copy_ == demo
     assert copy_.question_columns == demo.question_columns
+
+
+def test_stored_field_without_bubbles_is_rejected(demo: Template) -> None:
+    stored = demo.to_dict()
+    stored["fields"][3]["bubbles"] = []
+    label = stored["fields"][3]["label"]
+    with pytest.raises(TemplateError, match=f"field '{label}' has no bubbles"):
+        Template.from_dict(stored)
