@@ -272,7 +272,7 @@ def find_block_shifts(
     score = np.where(
         search.coarse_allowed, _block_contrast(coarse_means, search), -np.inf
     )
-    base = score[:, 0]  # coarse row 0 is no shift
+    base = score[:, 0]  # the first coarse shift is no shift
     best = search.shifts[search.coarse[np.argmax(score, axis=1)]]  # (n_blocks, 2)
 
     candidates = best[:, None, :] + _NEIGHBOURS[None, :, :]  # (n_blocks, 9, 2)
