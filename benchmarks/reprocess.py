@@ -182,8 +182,7 @@ def alternate(args: argparse.Namespace, conninfo: str) -> None:
         ):
             processing_server.append(_server_cpu_s())
 
-    threads_before: dict[str, float] = {}
-    threads_after: dict[str, float] = {}
+    thread_cpu: dict[str, float] = {}
     with ThreadPoolExecutor(args.workers) as executor:
         manager = TaskManager(database, executor, args.workers)
         manager.add_listener(listen)
@@ -202,13 +201,11 @@ def alternate(args: argparse.Namespace, conninfo: str) -> None:
             copy_cpu += processing_server[-1] - processing_server[0]
             processing_server.clear()
             for name, seconds in after.items():
-                threads_before[name] = threads_before.get(name, 0.0) + before.get(
-                    name, 0.0
-                )
-                threads_after[name] = threads_after.get(name, 0.0) + seconds
+                used = seconds - before.get(name, 0.0)
+                thread_cpu[name] = thread_cpu.get(name, 0.0) + used
             event = finished[-1]
             if event.event != "complete":
-                raise RuntimeError(f"reprocess failed: {event.message}")
+                raise RuntimeError(f"Alternating reprocess failed: {event.message}")
             processing_s.append(event.result["stage_s"]["Processing Sheets"])
         manager.shutdown()
     database.close()
@@ -226,21 +223,18 @@ def alternate(args: argparse.Namespace, conninfo: str) -> None:
             f"  {label:<18} best {min(times):.2f} s ({len(ids) / min(times):.0f} "
             f"sheets/s), median {statistics.median(times):.2f} s"
         )
-    best = min(processing_s) / min(decode_s)
-    median = statistics.median(processing_s) / statistics.median(decode_s)
-    print(f"  Ratio Processing Sheets / decode: best {best:.2f}, median {median:.2f}")
-    best = min(detect_s) / min(decode_s)
-    median = statistics.median(detect_s) / statistics.median(decode_s)
-    print(
-        f"  Ratio read and encode without the pipeline / decode: best {best:.2f}, "
-        f"median {median:.2f}"
-    )
+    for label, times in (
+        ("Processing Sheets", processing_s),
+        ("read and encode without the pipeline", detect_s),
+    ):
+        best = min(times) / min(decode_s)
+        median = statistics.median(times) / statistics.median(decode_s)
+        print(f"  Ratio {label} / decode: best {best:.2f}, median {median:.2f}")
     # The CPU of whole reprocesses, Loading to Database and the rescore
     # included, per sheet.
     sheets = args.alternate * len(ids)
     shares = ", ".join(
-        f"{name} {1e3 * (threads_after[name] - threads_before[name]) / sheets:.2f}"
-        for name in threads_after
+        f"{name} {1e3 * seconds / sheets:.2f}" for name, seconds in thread_cpu.items()
     )
     print(
         f"  CPU per sheet: decode {1e3 * decode_cpu / sheets:.2f} ms; reprocess "
@@ -466,12 +460,9 @@ def _server_cpu_s() -> float:
             text = stat.read_text()
         except OSError:
             continue
-        name_end = text.rfind(")")
-        if text[text.find("(") + 1 : name_end] != "postgres":
+        if text[text.find("(") + 1 : text.rfind(")")] != "postgres":
             continue
-        fields = text[name_end + 2 :].split()
-        # utime, stime, cutime, cstime: fields 14 to 17 of proc(5).
-        total += sum(int(value) for value in fields[11:15])
+        total += _cpu_ticks(text, with_children=True)
     return total / ticks
 
 
@@ -526,11 +517,20 @@ def _thread_cpu_s() -> dict[str, float]:
             text = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
         except OSError:
             continue
-        fields = text[text.rfind(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        seconds = _cpu_ticks(text, with_children=False) / ticks
         name = thread.name.rsplit("_", 1)[0]
         totals[name] = totals.get(name, 0.0) + seconds
     return totals
+
+
+def _cpu_ticks(stat: str, with_children: bool) -> int:
+    """Return utime + stime of a /proc stat line, plus cutime + cstime if asked.
+
+    Those are fields 14 to 17 of proc(5). They are counted after the
+    command name, which may contain spaces but ends at the last ")".
+    """
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return sum(int(value) for value in fields[11 : 15 if with_children else 13])
 
 
 def _peak_rss_mb() -> float:

@@ -84,7 +84,6 @@ class ShiftSearch:
         min_contrast: (n_blocks,) float, the score below which a block
             counts as blank and stays in place.
         runs: The template's fields as runs of equal bubble counts.
-        counts: (n_fields,) float, bubbles per field.
         block_order: (n_fields,) int, the fields sorted by block, in
             template order within a block.
         block_starts: (n_blocks,) int, where each block's fields start in
@@ -104,7 +103,6 @@ class ShiftSearch:
     limit: npt.NDArray[np.intp]
     min_contrast: npt.NDArray[np.float64]
     runs: tuple[FieldRun, ...]
-    counts: npt.NDArray[np.float64]
     block_order: npt.NDArray[np.intp]
     block_starts: npt.NDArray[np.intp]
 
@@ -211,7 +209,6 @@ def build_shift_search(
         limit=limit,
         min_contrast=floor,
         runs=_field_runs(layout),
-        counts=layout.counts.astype(np.float64),
         block_order=block_order,
         block_starts=block_starts,
     )
@@ -345,7 +342,7 @@ def _block_contrast(
     took about six times as long, and a gather into a padded
     (fields, max_bubbles) matrix about three and a half times.
     """
-    contrast = np.empty((len(search.counts), means.shape[1]), dtype=np.float64)
+    contrast = np.empty((len(search.block_order), means.shape[1]), dtype=np.float64)
     for run in search.runs:
         fields = slice(run.first_field, run.first_field + run.fields)
         _run_contrast(means, run, contrast[fields])

@@ -75,7 +75,7 @@ class Answer(NamedTuple):
     """The reading of one question output column.
 
     A named tuple rather than a frozen dataclass, because a batch builds one
-    per answer: 150 of them took about 300 us through the dataclass and
+    per question of every sheet: 150 of them took about 300 us through the dataclass and
     about 70 us as tuples.
 
     Attributes:
@@ -209,7 +209,8 @@ def _decide_fields(
     rel: npt.NDArray[np.float64], layout: FieldLayout, d: DecisionSettings
 ) -> _FieldDecisions:
     valid = layout.valid
-    marked = valid & (rel >= d.min_fill)  # False on the NaN padding
+    # NaN padding compares False, so it is never marked.
+    marked = valid & (rel >= d.min_fill)
     n_marked = marked.sum(axis=1)
     unmarked = valid & ~marked
     has_mark, has_unmarked = n_marked > 0, unmarked.any(axis=1)

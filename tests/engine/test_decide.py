@@ -202,7 +202,7 @@ def test_decision_settings_are_plain_data() -> None:
     assert DecisionSettings() == BUILTIN_PROFILES[1].settings.decision
 
 
-def test_answers_equal_answers_built_by_keyword(demo: Template) -> None:
+def test_answers_equal_keyword_built_answers(demo: Template) -> None:
     # decide builds each Answer with tuple.__new__ from all its values, so
     # each answer must equal one built by the constructor with keywords.
     fills = np.random.default_rng(8).uniform(0, 1, demo.n_bubbles).astype(np.float32)
@@ -271,7 +271,7 @@ def test_sheet_quantile_equals_numpy_quantile(q: float) -> None:
     for size in (1, 2, 3, 7, 850, 851):
         for _ in range(50):
             values = rng.random(size, dtype=np.float32)
-            values[rng.random(size) < 0.3] = 0.0  # ties, as blank bubbles give
+            values[rng.random(size) < 0.3] = 0.0  # zeros tie, as blank bubbles do
             expected = float(np.quantile(values, q))
             assert decide_module._linear_quantile(values, q) == expected
     with_nan = np.array([0.1, np.nan, 0.3], dtype=np.float32)

@@ -72,7 +72,7 @@ def test_sampling_has_no_python_loop_over_bubbles() -> None:
         assert _loops(function) == [], function.__name__
 
 
-def test_block_contrast_loops_over_runs_not_bubbles(demo: Template) -> None:
+def test_block_contrast_loops_over_runs(demo: Template) -> None:
     # _block_contrast loops over runs of equal fields, and _run_contrast
     # over the bubbles of one field: each step is a whole-array operation.
     search = measure._geometry(demo, SETTINGS, 2).shift_search
@@ -82,7 +82,7 @@ def test_block_contrast_loops_over_runs_not_bubbles(demo: Template) -> None:
     assert sum(run.fields * run.bubbles for run in search.runs) == demo.n_bubbles
 
 
-def test_block_contrast_is_mean_minus_minimum_per_field(demo: Template) -> None:
+def test_block_contrast_sums_mean_minus_minimum(demo: Template) -> None:
     search = measure._geometry(demo, SETTINGS, 2).shift_search
     assert search is not None
     layout = field_layout(demo)
