@@ -26,7 +26,7 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from omr_desktop.db import task_store
+from omr_desktop.db import reprocess_store, task_store
 from omr_desktop.db.database import Database
 from omr_desktop.engine import SheetReading
 from omr_desktop.engine.decide import Answer
@@ -1237,6 +1237,27 @@ def test_copy_sheet_row_keeps_identifiers(db: psycopg.Connection) -> None:
     assert row[1] == "hash\\with\ttab"
     assert row[2] == identifiers
     assert row[3] == pytest.approx([0.25, 0.0, 0.999999], rel=1e-6)
+
+
+def test_staged_sheet_fills_are_not_compressed(db: psycopg.Connection) -> None:
+    # Compressing a page's fills was most of the server's work per staged
+    # sheet; the staging table keeps them out of line as they are.
+    # Blank bubbles repeat their fills: a page PostgreSQL would compress.
+    fills = np.tile(np.array([0.02, 0.03, 0.9, 0.01, 0.02], np.float32), 170)
+    reading = SheetReading(answers=(), identifiers={}, blank_sheet=False, fills=fills)
+    with db.transaction(force_rollback=True):
+        reprocess_store.create_staging(db)
+        reprocess_store.copy_chunk(
+            db, binary_copy(b""), binary_copy(encode_sheet(4, reading))
+        )
+        stored = db.execute(
+            "SELECT fills, pg_column_compression(fills), pg_column_size(fills)"
+            " FROM reprocess_sheets"
+        ).fetchone()
+    assert stored is not None
+    assert stored[0] == pytest.approx(fills.tolist(), rel=1e-7)
+    assert stored[1] is None
+    assert stored[2] > 4 * 850
 
 
 # -- Re-deciding stored fills ---------------------------------------------------------
