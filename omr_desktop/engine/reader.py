@@ -7,6 +7,9 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from omr_desktop.engine.decide import SheetReading, decide
 from omr_desktop.engine.image import load_sheet_for_measuring
 from omr_desktop.engine.measure import measure_fills
@@ -38,15 +41,30 @@ def read_sheet(
     start = time.perf_counter()
     image = load_sheet_for_measuring(path, template)
     loaded = time.perf_counter()
-    fills = measure_fills(image, template, settings.measurement)
-    reading = decide(fills, template, settings.decision)
-    done = time.perf_counter()
+    reading = read_loaded_sheet(image, template, settings)
     logger.debug(
         "read %s: load %.1f ms, measure and decide %.1f ms",
         path,
         (loaded - start) * 1e3,
-        (done - loaded) * 1e3,
+        (time.perf_counter() - loaded) * 1e3,
     )
+    return reading
+
+
+def read_loaded_sheet(
+    image: npt.NDArray[np.uint8], template: Template, settings: ProfileSettings
+) -> SheetReading:
+    """Measure and decide a page that `load_sheet_for_measuring` returned.
+
+    `read_sheet` is this after the load. Callers that read many sheets can
+    load several pages first and then read them one after another, which
+    keeps the decoder's and numpy's working data in the CPU caches.
+
+    Raises:
+        ValueError: ``image`` has neither the page's shape nor half of it.
+    """
+    fills = measure_fills(image, template, settings.measurement)
+    reading = decide(fills, template, settings.decision)
     return dataclasses.replace(reading, measurement_hash=measurement_hash(settings))
 
 

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 
 from omr_desktop.db import reprocess_store, task_store
 from omr_desktop.db.database import Database
-from omr_desktop.engine import SheetReading
+from omr_desktop.engine import SheetReading, read_sheet
 from omr_desktop.engine.decide import Answer
 from omr_desktop.pipeline import events as ev
 from omr_desktop.pipeline import reprocess
@@ -497,7 +497,7 @@ def assert_failed_and_unchanged(
 
 
 class GatedExecutor(Executor):
-    """Run jobs on a pool, holding one sheet's job until a gate is released."""
+    """Run jobs on a pool, holding one sheet's group until a gate is released."""
 
     def __init__(self, pool: Executor, held_sheet_id: int, gate: Gate) -> None:
         self._pool = pool
@@ -505,10 +505,10 @@ class GatedExecutor(Executor):
         self._gate = gate
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        job = args[0]
+        group = args[0]
 
         def run() -> Any:
-            if job.sheet.id == self._held_sheet_id:
+            if any(job.sheet.id == self._held_sheet_id for job in group):
                 self._gate.block()
             return fn(*args, **kwargs)
 
@@ -873,6 +873,55 @@ def test_one_unreadable_sheet_fails_alone(
         assert changed, sheet_id
     profiles = dict(db.execute("SELECT id, last_profile_id FROM sheets").fetchall())
     assert {profiles[i] for i in good} == {SENSITIVE}
+
+
+def test_groups_read_like_single_sheets(
+    db: psycopg.Connection, demo_sheet_ids: list[int], executor: ThreadPoolExecutor
+) -> None:
+    # One worker and four sheets make groups of two; the broken sheet leads
+    # the second group.
+    bad = demo_sheet_ids[2]
+    (path,) = image_paths(db, [bad])
+    break_image(path, "corrupt")
+    settings = reprocess.load_profile_settings(db, SENSITIVE)
+    request = ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE)
+    jobs = reprocess.load_jobs(db, request, settings)
+    detection = reprocess.LocalDetection(executor, 1)
+
+    outcomes = list(detection.outcomes(jobs, settings, False, lambda: None))
+
+    assert [job.sheet.id for job, _ in outcomes] == demo_sheet_ids
+    for job, outcome in outcomes:
+        if job.sheet.id == bad:
+            assert isinstance(outcome, str)
+            assert path.name in outcome
+            continue
+        reading = read_sheet(Path(job.sheet.image_path), job.template, settings)
+        assert outcome == reprocess._encode(job.sheet.id, reading)
+
+
+def test_cancel_inside_group_stops_there(
+    db: psycopg.Connection, demo_sheet_ids: list[int], executor: ThreadPoolExecutor
+) -> None:
+    settings = reprocess.load_profile_settings(db, SENSITIVE)
+    request = ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE)
+    jobs = reprocess.load_jobs(db, request, settings)
+    checks = 0
+
+    def cancel_after_first_sheet() -> None:
+        nonlocal checks
+        checks += 1
+        # One check before the first group is submitted, one before each sheet.
+        if checks > 2:
+            raise reprocess.TaskCancelledError()
+
+    detection = reprocess.LocalDetection(executor, 1)
+    outcomes = detection.outcomes(jobs, settings, False, cancel_after_first_sheet)
+
+    first_job, _ = next(outcomes)
+    with pytest.raises(reprocess.TaskCancelledError):
+        next(outcomes)
+    assert first_job.sheet.id == demo_sheet_ids[0]
 
 
 def test_all_sheets_unreadable_fails_task(
