@@ -59,7 +59,15 @@ def decode_sheet_bytes(
     buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
     reduced = uses_reduced_decode(template)
     flags = cv2.IMREAD_REDUCED_GRAYSCALE_2 if reduced else cv2.IMREAD_GRAYSCALE
-    image = cv2.imdecode(buffer, flags) if buffer.size else None
+    try:
+        image = cv2.imdecode(buffer, flags) if buffer.size else None
+    except cv2.error as exc:
+        # OpenCV raises instead of returning None for some corrupt files,
+        # such as a PNG header claiming more pixels than it will decode.
+        raise SheetImageError(
+            f"{source}: not a readable image (corrupt, or larger than OpenCV "
+            f"decodes: {exc.err})"
+        ) from exc
     if image is None:
         raise SheetImageError(
             f"{source}: not a readable image (corrupt or unknown format)"

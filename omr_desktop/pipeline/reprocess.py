@@ -573,10 +573,9 @@ def _detect_group(jobs: Sequence[SheetJob], settings: ProfileSettings) -> list[O
             continue
         try:
             reading = read_loaded_sheet(page, job.template, settings)
+            outcomes.append(_encode(job.sheet.id, reading))
         except (SheetImageError, ValueError, OSError) as exc:
             outcomes.append(_sheet_failure(job, exc))
-            continue
-        outcomes.append(_encode(job.sheet.id, reading))
     return outcomes
 
 

@@ -15,6 +15,7 @@ from omr_desktop.engine.image import (
 )
 from omr_desktop.engine.synthetic import random_truth, render_sheet
 from omr_desktop.engine.template import Template, load_template
+from tests.corrupt_images import png_claiming_size
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
@@ -61,6 +62,13 @@ def test_corrupt_file_is_rejected(demo: Template, tmp_path: Path) -> None:
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     with pytest.raises(SheetImageError, match="not a readable image"):
+        load_sheet_image(path, demo)
+
+
+def test_oversized_png_header_is_rejected(demo: Template, tmp_path: Path) -> None:
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_claiming_size(40_000, 40_000))
+    with pytest.raises(SheetImageError, match="huge.png: not a readable image"):
         load_sheet_image(path, demo)
 
 

@@ -52,6 +52,7 @@ from omr_desktop.pipeline.task_manager import (
     UnknownSheetsError,
 )
 from tests.conftest import RUN_ID, drop_database, with_dbname
+from tests.corrupt_images import png_claiming_size
 from tests.db.builders import add_batch, add_sheet, add_template
 from tests.pipeline.conftest import WORKERS, EventLog, snapshot_tables
 
@@ -829,11 +830,14 @@ def sheet_rows(db: psycopg.Connection, sheet_id: int) -> dict[str, list[str]]:
 def break_image(path: Path, damage: str) -> None:
     if damage == "deleted":
         path.unlink()
+    elif damage == "oversized":
+        # OpenCV raises for this header instead of returning no image.
+        path.write_bytes(png_claiming_size(40_000, 40_000))
     else:
         path.write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
 
 
-@pytest.mark.parametrize("damage", ["deleted", "corrupt"])
+@pytest.mark.parametrize("damage", ["deleted", "corrupt", "oversized"])
 def test_one_unreadable_sheet_fails_alone(
     manager: TaskManager,
     database: Database,
@@ -898,6 +902,34 @@ def test_groups_read_like_single_sheets(
             continue
         reading = read_sheet(Path(job.sheet.image_path), job.template, settings)
         assert outcome == reprocess._encode(job.sheet.id, reading)
+
+
+def test_encode_error_fails_one_sheet(
+    db: psycopg.Connection,
+    demo_sheet_ids: list[int],
+    executor: ThreadPoolExecutor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One worker and four sheets make groups of two, so the sheet that
+    # cannot be encoded shares its group with a good one.
+    bad = demo_sheet_ids[1]
+    encode_sheet_rows = reprocess.encode_sheet
+
+    def encode_or_fail(sheet_id: int, reading: SheetReading) -> bytes:
+        if sheet_id == bad:
+            raise ValueError("cannot encode")
+        return encode_sheet_rows(sheet_id, reading)
+
+    monkeypatch.setattr(reprocess, "encode_sheet", encode_or_fail)
+    settings = reprocess.load_profile_settings(db, SENSITIVE)
+    request = ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE)
+    jobs = reprocess.load_jobs(db, request, settings)
+    detection = reprocess.LocalDetection(executor, 1)
+
+    outcomes = list(detection.outcomes(jobs, settings, False, lambda: None))
+
+    failed = [job.sheet.id for job, outcome in outcomes if isinstance(outcome, str)]
+    assert failed == [bad]
 
 
 def test_cancel_inside_group_stops_there(
