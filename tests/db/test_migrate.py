@@ -59,6 +59,17 @@ def test_omr_answers_has_fillfactor_below_100(db: psycopg.Connection) -> None:
     assert "fillfactor=50" in row[0]
 
 
+def test_sheet_fills_are_stored_uncompressed(db: psycopg.Connection) -> None:
+    rows = db.execute(
+        "SELECT attrelid::regclass::text, attstorage FROM pg_attribute"
+        " WHERE attname = 'fills'"
+        "   AND attrelid IN ('sheets'::regclass, 'sheet_history'::regclass)"
+        " ORDER BY 1"
+    ).fetchall()
+
+    assert rows == [("sheet_history", "e"), ("sheets", "e")]
+
+
 def test_newer_database_is_rejected(db: psycopg.Connection) -> None:
     db.execute(
         "INSERT INTO schema_migrations (version, name, checksum)"

@@ -1320,6 +1320,30 @@ def test_copy_sheet_row_keeps_identifiers(db: psycopg.Connection) -> None:
     assert row[3] == pytest.approx([0.25, 0.0, 0.999999], rel=1e-6)
 
 
+def test_reprocessed_fills_are_not_compressed(
+    manager: TaskManager, db: psycopg.Connection, demo_sheet_ids: list[int]
+) -> None:
+    # A profile that measures differently writes new fills to the sheets
+    # and the old ones to the sheet history.
+    profile_id = copy_of_sensitive(
+        db, "Inset 0.6", {"measurement": {"sample_inset": 0.6}}
+    )
+
+    task_id = run_task(manager, ReprocessRequest(tuple(demo_sheet_ids), profile_id))
+
+    sheets = db.execute(
+        "SELECT count(*) FILTER (WHERE pg_column_compression(fills) IS NULL),"
+        " count(*) FROM sheets"
+    ).fetchone()
+    history = db.execute(
+        "SELECT count(*) FILTER (WHERE pg_column_compression(fills) IS NULL),"
+        " count(*) FROM sheet_history WHERE task_id = %s AND NOT fills_kept",
+        (task_id,),
+    ).fetchone()
+    assert sheets == (len(demo_sheet_ids), len(demo_sheet_ids))
+    assert history == (len(demo_sheet_ids), len(demo_sheet_ids))
+
+
 def test_staged_sheet_fills_are_not_compressed(db: psycopg.Connection) -> None:
     # Compressing a page's fills was most of the server's work per staged
     # sheet; the staging table keeps them out of line as they are.
