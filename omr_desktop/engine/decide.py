@@ -75,8 +75,8 @@ class Answer(NamedTuple):
     """The reading of one question output column.
 
     A named tuple rather than a frozen dataclass, because a batch builds one
-    per question of every sheet: 150 of them took about 300 us through the dataclass and
-    about 70 us as tuples.
+    per question of every sheet: 150 of them took about 300 us through the
+    dataclass and about 70 us as tuples.
 
     Attributes:
         question: Output column name.

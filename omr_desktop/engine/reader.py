@@ -56,7 +56,7 @@ def read_loaded_sheet(
 ) -> SheetReading:
     """Measure and decide a page that `load_sheet_for_measuring` returned.
 
-    `read_sheet` is this after the load. Callers that read many sheets can
+    `read_sheet` loads the page and calls this. Callers that read many sheets can
     load several pages first and then read them one after another, which
     keeps the decoder's and numpy's working data in the CPU caches.
 

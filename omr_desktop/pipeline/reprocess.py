@@ -18,6 +18,7 @@ chunk workers made before the transaction began.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections import deque
@@ -73,11 +74,17 @@ IN_FLIGHT_PER_WORKER = 32
 # measures and decides each, so the decoder's tables and the template's
 # index arrays stay in the CPU caches between sheets, and the writer waits
 # on one future per group instead of one per sheet. On a 2-core VM
-# (benchmarks/reprocess.py --alternate 8, 300 sheets) the detection
-# threads used 1.42 times the CPU of the decode pass one sheet at a time
-# and 1.37 times in groups of 4. The pages of a group wait in memory
+# (benchmarks/reprocess.py --alternate 8, 300 sheets, one run each) the
+# detection threads used 1.42 times the CPU of the decode pass one sheet
+# at a time and 1.37 times in groups of 4. The pages of a group wait in memory
 # (1 MB each at half size), so groups stay small.
 SHEETS_PER_GROUP = 4
+
+
+# Errors that fail one sheet and not its task: an unreadable or corrupt
+# image, an image size that does not fit the template, a file that cannot
+# be read. SheetImageError is a ValueError, listed for the reader.
+_SHEET_ERRORS = (SheetImageError, ValueError, OSError)
 
 
 class TaskCancelledError(RuntimeError):
@@ -537,7 +544,7 @@ def detect_reading(
     work = _redecide_reading if redecide else _detect_reading
     try:
         return work(job, settings)
-    except (SheetImageError, ValueError, OSError) as exc:
+    except _SHEET_ERRORS as exc:
         return _sheet_failure(job, exc)
 
 
@@ -556,39 +563,42 @@ def _detect_group(jobs: Sequence[SheetJob], settings: ProfileSettings) -> list[O
     """Detect a group of sheets: load every page, then read each one.
 
     A sheet that fails gives the reason as its outcome, as in
-    `detect_reading`; the others of the group are still read.
+    `detect_reading`, and the others of the group are still read.
     """
-    pages: list[npt.NDArray[np.uint8] | str] = []
-    for job in jobs:
-        try:
-            pages.append(
-                load_sheet_for_measuring(Path(job.sheet.image_path), job.template)
-            )
-        except (SheetImageError, ValueError, OSError) as exc:
-            pages.append(_sheet_failure(job, exc))
+    pages = [_load_page(job) for job in jobs]
     outcomes: list[Outcome] = []
     for job, page in zip(jobs, pages, strict=True):
         if isinstance(page, str):
             outcomes.append(page)
-            continue
-        try:
-            reading = read_loaded_sheet(page, job.template, settings)
-            outcomes.append(_encode(job.sheet.id, reading))
-        except (SheetImageError, ValueError, OSError) as exc:
-            outcomes.append(_sheet_failure(job, exc))
+        else:
+            read = functools.partial(read_loaded_sheet, page, job.template, settings)
+            outcomes.append(_encode_or_fail(job, read))
     return outcomes
 
 
 def _redecide_group(
     jobs: Sequence[SheetJob], settings: ProfileSettings
 ) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    for job in jobs:
-        try:
-            outcomes.append(_encode(job.sheet.id, _redecide_reading(job, settings)))
-        except (SheetImageError, ValueError, OSError) as exc:
-            outcomes.append(_sheet_failure(job, exc))
-    return outcomes
+    return [
+        _encode_or_fail(job, functools.partial(_redecide_reading, job, settings))
+        for job in jobs
+    ]
+
+
+def _load_page(job: SheetJob) -> npt.NDArray[np.uint8] | str:
+    """Return the sheet's page for `read_loaded_sheet`, or why it failed."""
+    try:
+        return load_sheet_for_measuring(Path(job.sheet.image_path), job.template)
+    except _SHEET_ERRORS as exc:
+        return _sheet_failure(job, exc)
+
+
+def _encode_or_fail(job: SheetJob, read: Callable[[], SheetReading]) -> Outcome:
+    """Return the COPY rows of the reading ``read`` makes, or why it failed."""
+    try:
+        return _encode(job.sheet.id, read())
+    except _SHEET_ERRORS as exc:
+        return _sheet_failure(job, exc)
 
 
 def _with_hash(reading: SheetReading, value: str) -> SheetReading:
@@ -647,7 +657,7 @@ def _outcomes(group: list[SheetJob], future: Future[list[Outcome]]) -> list[Outc
         return future.result()
     except CancelledError:
         return ["cancelled"] * len(group)
-    except (SheetImageError, ValueError, OSError) as exc:
+    except _SHEET_ERRORS as exc:
         return [_sheet_failure(job, exc) for job in group]
 
 

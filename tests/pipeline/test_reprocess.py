@@ -882,7 +882,7 @@ def test_one_unreadable_sheet_fails_alone(
 def test_groups_read_like_single_sheets(
     db: psycopg.Connection, demo_sheet_ids: list[int], executor: ThreadPoolExecutor
 ) -> None:
-    # One worker and four sheets make groups of two; the broken sheet leads
+    # One worker and four sheets make groups of two. The broken sheet leads
     # the second group.
     bad = demo_sheet_ids[2]
     (path,) = image_paths(db, [bad])
@@ -1346,8 +1346,8 @@ def test_reprocessed_fills_are_not_compressed(
 
 def test_staged_sheet_fills_are_not_compressed(db: psycopg.Connection) -> None:
     # Compressing a page's fills was most of the server's work per staged
-    # sheet; the staging table keeps them out of line as they are.
-    # Blank bubbles repeat their fills: a page PostgreSQL would compress.
+    # sheet, so the staging table stores them uncompressed. These fills
+    # repeat as blank bubbles do, so PostgreSQL would compress them.
     fills = np.tile(np.array([0.02, 0.03, 0.9, 0.01, 0.02], np.float32), 170)
     reading = SheetReading(answers=(), identifiers={}, blank_sheet=False, fills=fills)
     with db.transaction(force_rollback=True):
