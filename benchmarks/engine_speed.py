@@ -9,7 +9,9 @@ for three passes over all sheets:
 - decode only, as `read_sheet` decodes (`load_sheet_for_measuring`);
 - `read_sheet`;
 - `read_sheet` then the COPY encoding, as the reprocess pipeline's
-  detection threads run it.
+  detection threads run it;
+- the same with the numpy path in place of the compiled measuring
+  kernels (`omr_desktop.engine.kernels`), when the install has them.
 
 The threaded passes alternate R times and each keeps its fastest round,
 because other processes on the machine only ever slow a round down. The
@@ -38,6 +40,7 @@ from omr_desktop.engine import (
     BUILTIN_PROFILES,
     SheetReading,
     decide,
+    kernels,
     measure_fills,
     read_sheet,
 )
@@ -125,6 +128,9 @@ def _report(
         "measure_fills (half page)": _median_ms(
             lambda p: measure_fills(half, template, settings.measurement), paths
         ),
+        "measure_fills (half, numpy)": _median_ms(
+            lambda p: _numpy_measure(half, template, settings), paths
+        ),
         "decide": _median_ms(
             lambda p: decide(fills, template, settings.decision), paths
         ),
@@ -135,6 +141,17 @@ def _report(
     for name, (median, best) in rows.items():
         best_text = "-" if math.isnan(best) else f"{best:.2f}"
         print(f"{name:30s} {median:7.2f} {best_text:>7s}")
+
+
+def _numpy_measure(
+    image: np.ndarray, template: Template, settings: ProfileSettings
+) -> object:
+    """Measure with the numpy path, whether or not the kernels are compiled."""
+    compiled, kernels.compiled = kernels.compiled, None
+    try:
+        return measure_fills(image, template, settings.measurement)
+    finally:
+        kernels.compiled = compiled
 
 
 def _encode(reading: SheetReading) -> tuple[bytes, bytes]:
@@ -153,17 +170,22 @@ def _report_threads(
         "read_sheet": lambda p: read_sheet(p, template, settings),
         "read_sheet + encode": lambda p: _encode(read_sheet(p, template, settings)),
     }
+    compiled = kernels.compiled
+    if compiled is not None:
+        passes["read_sheet + encode, numpy"] = passes["read_sheet + encode"]
     best_wall = dict.fromkeys(passes, float("inf"))
     best_cpu = dict.fromkeys(passes, float("inf"))
     with ThreadPoolExecutor(threads) as pool:
         for _ in range(rounds):
             for name, action in passes.items():
+                kernels.compiled = None if name.endswith("numpy") else compiled
                 wall, cpu = time.perf_counter(), time.process_time()
                 list(pool.map(action, paths))
                 best_wall[name] = min(best_wall[name], time.perf_counter() - wall)
                 best_cpu[name] = min(best_cpu[name], time.process_time() - cpu)
+    kernels.compiled = compiled
     for name in passes:
-        label = f"{name} on {threads} threads"
+        label = f"{name}, {threads} threads"
         wall_ratio = best_wall[name] / best_wall["decode only"]
         cpu_ratio = best_cpu[name] / best_cpu["decode only"]
         cpu_ms = 1e3 * best_cpu[name] / len(paths)

@@ -98,6 +98,12 @@ def parse_args() -> argparse.Namespace:
         "--alternate-sheets sheets and compare the best of each (default 0)",
     )
     parser.add_argument("--alternate-sheets", type=int, default=300, metavar="M")
+    parser.add_argument(
+        "--alternate-numpy",
+        action="store_true",
+        help="in each alternating round, also reprocess with the numpy path "
+        "in place of the compiled measuring kernels",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument(
         "--profile", type=int, default=SENSITIVE, help=argparse.SUPPRESS
@@ -154,8 +160,13 @@ def alternate(args: argparse.Namespace, conninfo: str) -> None:
     reprocesses run in this process; their Processing Sheets stage is
     compared with the decode pass.
     """
+    from omr_desktop.engine import kernels
     from omr_desktop.pipeline.reprocess import ReprocessRequest
     from omr_desktop.pipeline.task_manager import TaskManager
+
+    compiled = kernels.compiled
+    if args.alternate_numpy and compiled is None:
+        raise SystemExit("--alternate-numpy: this install has no compiled kernels")
 
     database = Database(DatabaseChoice(conninfo, "environment"))
     database.open()
@@ -169,6 +180,7 @@ def alternate(args: argparse.Namespace, conninfo: str) -> None:
     decode_s: list[float] = []
     detect_s: list[float] = []
     processing_s: list[float] = []
+    numpy_s: list[float] = []
     finished: list[Any] = []
     decode_cpu = reprocess_cpu = server_cpu = 0.0
     # Server CPU at the first and the last event of Processing Sheets.
@@ -207,26 +219,34 @@ def alternate(args: argparse.Namespace, conninfo: str) -> None:
             if event.event != "complete":
                 raise RuntimeError(f"Alternating reprocess failed: {event.message}")
             processing_s.append(event.result["stage_s"]["Processing Sheets"])
+            if args.alternate_numpy:
+                numpy_s.append(_numpy_processing_s(manager, ids, finished))
+                processing_server.clear()
         manager.shutdown()
     database.close()
     print(
         f"Alternating {args.alternate} decode passes and reprocesses of "
         f"{len(ids)} sheets on {args.workers} threads:"
     )
-    passes = (
+    passes = [
         ("decode", decode_s),
         ("read and encode", detect_s),
         ("Processing Sheets", processing_s),
-    )
+    ]
+    if numpy_s:
+        passes.append(("... numpy path", numpy_s))
     for label, times in passes:
         print(
             f"  {label:<18} best {min(times):.2f} s ({len(ids) / min(times):.0f} "
             f"sheets/s), median {statistics.median(times):.2f} s"
         )
-    for label, times in (
+    ratios = [
         ("Processing Sheets", processing_s),
         ("read and encode without the pipeline", detect_s),
-    ):
+    ]
+    if numpy_s:
+        ratios.append(("Processing Sheets, numpy path", numpy_s))
+    for label, times in ratios:
         best = min(times) / min(decode_s)
         median = statistics.median(times) / statistics.median(decode_s)
         print(f"  Ratio {label} / decode: best {best:.2f}, median {median:.2f}")
@@ -242,6 +262,24 @@ def alternate(args: argparse.Namespace, conninfo: str) -> None:
         f"{1e3 * server_cpu / sheets:.2f} ms, of which during Processing Sheets "
         f"{1e3 * copy_cpu / sheets:.2f} ms"
     )
+
+
+def _numpy_processing_s(
+    manager: Any, ids: tuple[int, ...], finished: list[Any]
+) -> float:
+    """Reprocess ``ids`` with the numpy measuring path; return its Processing s."""
+    from omr_desktop.engine import kernels
+    from omr_desktop.pipeline.reprocess import ReprocessRequest
+
+    compiled, kernels.compiled = kernels.compiled, None
+    try:
+        manager.wait(manager.submit(ReprocessRequest(ids, SENSITIVE)))
+    finally:
+        kernels.compiled = compiled
+    event = finished[-1]
+    if event.event != "complete":
+        raise RuntimeError(f"Alternating reprocess failed: {event.message}")
+    return float(event.result["stage_s"]["Processing Sheets"])
 
 
 def run_round(args: argparse.Namespace, conninfo: str) -> None:
@@ -467,8 +505,13 @@ def _server_cpu_s() -> float:
 
 
 def child(args: argparse.Namespace) -> int:
+    from omr_desktop.engine import kernels
     from omr_desktop.pipeline.reprocess import ReprocessRequest
     from omr_desktop.pipeline.task_manager import TaskManager
+
+    compiled = kernels.compiled
+    if args.alternate_numpy and compiled is None:
+        raise SystemExit("--alternate-numpy: this install has no compiled kernels")
 
     database = Database(DatabaseChoice(args.child, "environment"))
     database.open()

@@ -51,6 +51,11 @@ def test_wheel_contains_forms_icons_and_migrations(wheel: Path) -> None:
     assert "omr_desktop/resources/icons/swap.svg" in names
     assert "omr_desktop/db/migrations/0001_schema.sql" in names
     assert "omr_desktop/db/migrations/0002_reprocess_sheet_surgical.sql" in names
+    kernels = [n for n in names if n.startswith("omr_desktop/engine/_kernels.")]
+    assert len(kernels) == 1, kernels
+    assert kernels[0].endswith((".so", ".pyd"))
+    # The compiled module makes the wheel platform-specific.
+    assert not wheel.name.endswith("-none-any.whl"), wheel.name
 
 
 @pytest.mark.slow
@@ -252,6 +257,7 @@ def test_bundle_contains_plugins_forms_and_postgresql(bundle: Path) -> None:
         expected.append(postgres / "lib" / "postgresql" / "plpgsql.so")
 
     assert (bundle / "omr-desktop").is_file()
+    assert list((contents / "omr_desktop" / "engine").glob("_kernels.*"))
     for path in expected:
         assert path.is_file(), path
     for name in ("initdb", "pg_ctl", "postgres"):
@@ -294,5 +300,6 @@ def test_bundle_self_test_passes_outside_checkout(bundle: Path, tmp_path: Path) 
     assert not installed.is_relative_to(REPO)
     assert done.returncode == 0, output
     assert "self-test passed" in done.stdout, output
+    assert "measuring kernels: compiled" in done.stdout, output
     assert str(REPO) not in done.stdout, output
     assert list(home.iterdir()) == [], "the self-test wrote into HOME"

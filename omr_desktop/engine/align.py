@@ -12,12 +12,14 @@ clearly. A blank block has no contrast to gain and stays where it is.
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
+from omr_desktop.engine import kernels
 from omr_desktop.engine.layout import FieldLayout
 
 # A shift must raise the block's contrast by this fraction over no shift.
@@ -76,6 +78,11 @@ class ShiftSearch:
             coarse shifts are the same for every sheet.
         coarse_allowed: (n_blocks, n_coarse) bool, coarse shifts within
             each block's limit.
+        coarse_offsets: (n_blocks, n_coarse) int64, the flat offset of each
+            coarse shift in the integral image, one row per block, for the
+            compiled kernel.
+        field_starts: (n_fields + 1,) int64, each field's first bubble.
+        field_block: (n_fields,) int64, each field's block.
         clip: True when a shifted index can leave the integral image,
             which only happens when the window is the whole image.
         area: (n_bubbles,) float, pixels per box.
@@ -97,6 +104,9 @@ class ShiftSearch:
     corner_index: npt.NDArray[np.intp]
     coarse_index: npt.NDArray[np.intp]
     coarse_allowed: npt.NDArray[np.bool_]
+    coarse_offsets: npt.NDArray[np.int64]
+    field_starts: npt.NDArray[np.int64]
+    field_block: npt.NDArray[np.int64]
     clip: bool
     area: npt.NDArray[np.float64]
     stride: int
@@ -200,9 +210,14 @@ def build_shift_search(
         shifts=shifts,
         coarse=coarse,
         window=window,
-        corner_index=corner_index,
+        corner_index=np.ascontiguousarray(corner_index, dtype=np.int64),
         coarse_index=coarse_index.astype(np.intp),
         coarse_allowed=reach[None, :] <= limit[:, None],
+        coarse_offsets=np.ascontiguousarray(
+            np.broadcast_to(coarse_offsets, (n_blocks, len(coarse))), dtype=np.int64
+        ),
+        field_starts=np.concatenate([[0], np.cumsum(layout.counts)]).astype(np.int64),
+        field_block=np.asarray(layout.field_block, dtype=np.int64),
         clip=clip,
         area=area,
         stride=stride,
@@ -265,10 +280,7 @@ def find_block_shifts(
     blocks = np.arange(n_blocks)
 
     # Scores are (n_blocks, n_shifts).
-    coarse_means = _box_means(integral, search, search.coarse_index)
-    score = np.where(
-        search.coarse_allowed, _block_contrast(coarse_means, search), -np.inf
-    )
+    score = np.where(search.coarse_allowed, _coarse_contrast(integral, search), -np.inf)
     base = score[:, 0]  # the first coarse shift is no shift
     best = search.shifts[search.coarse[np.argmax(score, axis=1)]]  # (n_blocks, 2)
 
@@ -296,12 +308,60 @@ def _scores(
 ) -> npt.NDArray[np.float64]:
     """Score per-block shifts (n_blocks, n_shifts, 2); -inf beyond a limit."""
     offsets = shifts[..., 1] * search.stride + shifts[..., 0]  # (n_blocks, n_shifts)
-    index = search.corner_index[:, :, None] + offsets[layout.bubble_block][None]
-    if search.clip and _reaches_outside(index, integral.size):
-        np.clip(index, 0, integral.size - 1, out=index)
-    score = _block_contrast(_box_means(integral, search, index), search)
+    compiled = kernels.compiled
+    if compiled is not None:
+        score = _compiled_contrast(compiled, integral, search, offsets)
+    else:
+        index = search.corner_index[:, :, None] + offsets[layout.bubble_block][None]
+        if search.clip and _reaches_outside(index, integral.size):
+            np.clip(index, 0, integral.size - 1, out=index)
+        score = _block_contrast(_box_means(integral, search, index), search)
     reach = np.abs(shifts).max(axis=2)  # (n_blocks, n_shifts)
     return np.where(reach <= search.limit[:, None], score, -np.inf)
+
+
+def _coarse_contrast(
+    integral: npt.NDArray[np.int32], search: ShiftSearch
+) -> npt.NDArray[np.float64]:
+    """Return `_block_contrast` at every coarse shift, (n_blocks, n_coarse)."""
+    compiled = kernels.compiled
+    if compiled is not None:
+        return _compiled_contrast(compiled, integral, search, search.coarse_offsets)
+    means = _box_means(integral, search, search.coarse_index)
+    return _block_contrast(means, search)
+
+
+def _compiled_contrast(
+    compiled: types.ModuleType,
+    integral: npt.NDArray[np.int32],
+    search: ShiftSearch,
+    offsets: npt.NDArray[np.intp],
+) -> npt.NDArray[np.float64]:
+    """Return `_block_contrast` for flat shift offsets (n_blocks, n_shifts).
+
+    The compiled kernel reads each box's four corners straight from the
+    integral image, where the numpy path first builds (4, n_bubbles,
+    n_shifts) indices. A corner moved outside the integral image is
+    clipped to it, as the numpy path clips when ``search.clip`` is set.
+    Without ``search.clip`` the search window keeps every corner inside.
+    """
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    n_blocks, n_shifts = offsets.shape
+    out = np.empty((n_blocks, n_shifts), dtype=np.float64)
+    compiled.shift_scores(
+        np.ascontiguousarray(integral, dtype=np.int32),
+        search.corner_index,
+        offsets,
+        search.area,
+        search.field_starts,
+        search.field_block,
+        out,
+        search.area.size,
+        search.field_block.size,
+        n_blocks,
+        n_shifts,
+    )
+    return out
 
 
 def _box_means(

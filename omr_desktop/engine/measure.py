@@ -20,12 +20,14 @@ template, so a sheet costs one gather and one partition.
 from __future__ import annotations
 
 import threading
+import types
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
+from omr_desktop.engine import kernels
 from omr_desktop.engine.align import (
     ShiftSearch,
     build_shift_search,
@@ -58,6 +60,14 @@ class _Geometry:
     sample_index: npt.NDArray[np.intp]  # (n_bubbles, K) flat page indices
     sample_x_range: npt.NDArray[np.intp]  # (n_bubbles, 2) min and max of sample_x
     sample_y_range: npt.NDArray[np.intp]  # (n_bubbles, 2) min and max of sample_y
+    # The same samples for the compiled kernel, in a seventh of the memory:
+    # sample k of bubble b is at x = grid_x[b, grid_column[k]] and
+    # y = grid_y[b, grid_row[k]].
+    grid_x: npt.NDArray[np.int32]  # (n_bubbles, side) x of each grid column
+    grid_y: npt.NDArray[np.int32]  # (n_bubbles, side) y of each grid row
+    grid_column: npt.NDArray[np.int32]  # (K,) column of each sample
+    grid_row: npt.NDArray[np.int32]  # (K,) row of each sample
+    no_shift: npt.NDArray[np.int64]  # (n_bubbles, 2) zeros
     paper_scale: int  # page px per paper-map px
     paper_shape: tuple[int, int]  # (height, width) of the paper map
     paper_kernel: int  # closing kernel side, paper-map px
@@ -131,12 +141,18 @@ def _build_geometry(
     gu, gv = np.meshgrid(u, u)
     inside = gu**2 + gv**2 <= 1.0
     gu, gv = gu[inside], gv[inside]
+    grid_row, grid_column = np.nonzero(inside)
 
     cx, cy = x + w / 2.0, y + h / 2.0
-    px = np.floor(cx[:, None] + gu[None, :] * (inset * w[:, None] / 2.0))
-    py = np.floor(cy[:, None] + gv[None, :] * (inset * h[:, None] / 2.0))
+    rx, ry = inset * w / 2.0, inset * h / 2.0
+    px = np.floor(cx[:, None] + gu[None, :] * rx[:, None])
+    py = np.floor(cy[:, None] + gv[None, :] * ry[:, None])
     px = np.clip(px, 0, width - 1).astype(np.intp)
     py = np.clip(py, 0, height - 1).astype(np.intp)
+    # The same floor and clip at each grid column and row: a sample's x
+    # depends only on its column, because gu takes the column's u.
+    grid_x = np.clip(np.floor(cx[:, None] + u[None, :] * rx[:, None]), 0, width - 1)
+    grid_y = np.clip(np.floor(cy[:, None] + u[None, :] * ry[:, None]), 0, height - 1)
 
     bubble_px = float(np.median(np.maximum(w, h)))
     scale = reduced_scale(bubble_px)
@@ -160,6 +176,11 @@ def _build_geometry(
         sample_index=py * width + px,
         sample_x_range=np.stack([px.min(axis=1), px.max(axis=1)], axis=1),
         sample_y_range=np.stack([py.min(axis=1), py.max(axis=1)], axis=1),
+        grid_x=np.ascontiguousarray(grid_x, dtype=np.int32),
+        grid_y=np.ascontiguousarray(grid_y, dtype=np.int32),
+        grid_column=np.ascontiguousarray(grid_column, dtype=np.int32),
+        grid_row=np.ascontiguousarray(grid_row, dtype=np.int32),
+        no_shift=np.zeros((len(cx), 2), dtype=np.int64),
         paper_scale=scale,
         paper_shape=shape,
         paper_kernel=kernel,
@@ -220,18 +241,28 @@ def _bubble_paper(
     return np.maximum(closed.ravel()[geometry.paper_index].astype(np.float32), 1.0)
 
 
+def _bubble_shifts(
+    toned: npt.NDArray[np.uint8], template: Template, geometry: _Geometry
+) -> npt.NDArray[np.intp] | None:
+    """Return each bubble's (dx, dy) in image px, or None when none moves."""
+    search = geometry.shift_search
+    if search is None:
+        return None
+    layout = field_layout(template)
+    shifts = find_block_shifts(shrink_by(toned, search.scale), layout, search)
+    if not shifts.any():
+        return None
+    return np.asarray(shifts[layout.bubble_block], dtype=np.intp)
+
+
 def _sample_index(
     toned: npt.NDArray[np.uint8], template: Template, geometry: _Geometry
 ) -> npt.NDArray[np.intp]:
     """Return the flat sample indices, moved by each block's best shift."""
-    search = geometry.shift_search
-    if search is None:
+    offset = _bubble_shifts(toned, template, geometry)
+    if offset is None:
         return geometry.sample_index
-    layout = field_layout(template)
-    shifts = find_block_shifts(shrink_by(toned, search.scale), layout, search)
-    if not shifts.any():
-        return geometry.sample_index
-    return _shifted_index(geometry, shifts[layout.bubble_block])
+    return _shifted_index(geometry, offset)
 
 
 def _shifted_index(
@@ -292,7 +323,12 @@ def measure_fills(
     toned = apply_tone(image, effective_tone(template, measurement))
     reduced = shrink_by(toned, geometry.paper_scale)
     bubble_paper = _bubble_paper(reduced, geometry)
+    kth = int(measurement.fill_quantile * (geometry.sample_index.shape[1] - 1))
 
+    compiled = kernels.compiled
+    if compiled is not None:
+        offset = _bubble_shifts(toned, template, geometry)
+        return _compiled_fills(compiled, toned, geometry, offset, bubble_paper, kth)
     index = _sample_index(toned, template, geometry)
     # The order statistic is the same in int32. numpy 2.4 partitions 32-bit
     # integers with SIMD code on AVX2 and AVX-512 CPUs; 16-bit ones only
@@ -300,7 +336,45 @@ def measure_fills(
     # family 25) int32 took 0.14 ms, int16 and uint8 0.49 ms. The speed
     # depends on the CPU, the result does not.
     samples = toned.ravel()[index].astype(np.int32)
-    kth = int(measurement.fill_quantile * (samples.shape[1] - 1))
     grey = np.partition(samples, kth, axis=1)[:, kth].astype(np.float32)
     fills = 1.0 - grey / bubble_paper
     return np.asarray(np.clip(fills, 0.0, 1.0), dtype=np.float32)
+
+
+def _compiled_fills(
+    compiled: types.ModuleType,
+    toned: npt.NDArray[np.uint8],
+    geometry: _Geometry,
+    offset: npt.NDArray[np.intp] | None,
+    bubble_paper: npt.NDArray[np.float32],
+    kth: int,
+) -> npt.NDArray[np.float32]:
+    """Return what `measure_fills` returns, sampled by the compiled kernel.
+
+    The kernel reads each sample at its bubble's grid column and row moved
+    by the bubble's shift, takes the ``kth`` smallest grey of each bubble,
+    and converts it to a fill with float32 arithmetic as the numpy path
+    does. ``offset`` is (n_bubbles, 2) or None for no shift.
+    """
+    n_bubbles, n_samples = geometry.sample_index.shape
+    shift = (
+        geometry.no_shift if offset is None else np.ascontiguousarray(offset, np.int64)
+    )
+    fills = np.empty(n_bubbles, dtype=np.float32)
+    compiled.bubble_fills(
+        np.ascontiguousarray(toned, dtype=np.uint8),
+        geometry.width,
+        geometry.height,
+        geometry.grid_x,
+        geometry.grid_y,
+        geometry.grid_x.shape[1],
+        geometry.grid_column,
+        geometry.grid_row,
+        shift,
+        np.ascontiguousarray(bubble_paper, dtype=np.float32),
+        kth,
+        fills,
+        n_bubbles,
+        n_samples,
+    )
+    return fills

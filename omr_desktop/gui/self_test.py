@@ -58,6 +58,7 @@ from omr_desktop.app import AppSession, create_application, open_database_in_bac
 from omr_desktop.db.batch_store import delete_batch
 from omr_desktop.db.database import Database
 from omr_desktop.db.queries import batch_answers
+from omr_desktop.engine import kernels
 from omr_desktop.gui.dialogs.profile_dialog import PreviewResult, ProfileDialog
 from omr_desktop.gui.dialogs.progress_dialog import COMPLETE_STATE, ProgressDialog
 from omr_desktop.gui.icons import icon
@@ -320,6 +321,11 @@ class SelfTest:
             self._step(f"{name} folder", str(folder))
         if postgres is None:
             self._step("PostgreSQL folder", "none shipped; searching the machine")
+        compiled = kernels.compiled
+        if compiled is None:
+            self._step("measuring kernels", "not compiled; measuring with numpy only")
+        else:
+            self._step("measuring kernels", f"compiled, {compiled.__file__}")
 
     def _check_platform(self) -> None:
         platform = QGuiApplication.platformName()

@@ -1,0 +1,279 @@
+"""Compiled measuring kernels: present, identical to the numpy path, guarded.
+
+Fills are compared exactly (``np.array_equal``), so that a sheet reads the
+same whichever path an install has. Shift scores may differ in the last
+bits, because numpy may sum a block's fields in another order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from omr_desktop.engine import align, kernels, measure
+from omr_desktop.engine.image import decode_sheet_bytes, load_sheet_for_measuring
+from omr_desktop.engine.layout import field_layout
+from omr_desktop.engine.measure import measure_fills
+from omr_desktop.engine.profile import BUILTIN_PROFILES, MeasurementSettings
+from omr_desktop.engine.synthetic import random_truth, render_sheet, render_sheet_image
+from omr_desktop.engine.template import Template, load_template
+
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
+COMPILED = kernels.compiled
+
+
+@pytest.fixture
+def numpy_only() -> Iterator[None]:
+    """Measure with the numpy path for the duration of a test."""
+    kernels.compiled = None
+    try:
+        yield
+    finally:
+        kernels.compiled = COMPILED
+
+
+def _both_paths(
+    image: npt.NDArray[np.uint8], template: Template, settings: MeasurementSettings
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Return the fills of the compiled path and of the numpy path."""
+    assert COMPILED is not None
+    compiled = measure_fills(image, template, settings)
+    kernels.compiled = None
+    try:
+        reference = measure_fills(image, template, settings)
+    finally:
+        kernels.compiled = COMPILED
+    return compiled, reference
+
+
+def _moved(image: npt.NDArray[np.uint8], dx: int, dy: int) -> npt.NDArray[np.uint8]:
+    """Return the page moved by (dx, dy) px, paper grey where it came from."""
+    moved = np.full_like(image, 235)
+    height, width = image.shape
+    moved[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = image[
+        max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
+    ]
+    return moved
+
+
+def test_install_built_the_kernels() -> None:
+    # pip install builds them (hatch_build.py); without them measuring
+    # silently runs on the slower numpy path.
+    assert COMPILED is not None
+    assert hasattr(COMPILED, "shift_scores")
+    assert hasattr(COMPILED, "bubble_fills")
+
+
+@pytest.mark.parametrize("profile_id", sorted(BUILTIN_PROFILES))
+@pytest.mark.parametrize("condition", ["demo", "light", "gradient", "clean"])
+def test_demo_fills_match_numpy(
+    demo: Template, profile_id: int, condition: str
+) -> None:
+    rng = np.random.default_rng(profile_id * 100 + len(condition))
+    settings = BUILTIN_PROFILES[profile_id].settings.measurement
+    for quality in (75, 90):
+        data = render_sheet(
+            demo, random_truth(demo, rng, condition), rng, quality=quality
+        )
+        for keep_reduced in (True, False):
+            image = decode_sheet_bytes(data, demo, keep_reduced=keep_reduced)
+            compiled, reference = _both_paths(image, demo, settings)
+            assert np.array_equal(compiled, reference), (quality, keep_reduced)
+
+
+@pytest.mark.parametrize(
+    ("dx", "dy"), [(7, 6), (-5, 4), (12, -12), (-3, -9), (40, 0), (0, -60)]
+)
+def test_shifted_demo_fills_match_numpy(
+    demo: Template, rng: np.random.Generator, dx: int, dy: int
+) -> None:
+    # Shifts within the search limit are found and applied; larger ones
+    # leave blocks in place. Both paths must agree either way.
+    image = render_sheet_image(demo, random_truth(demo, rng, "clean"), rng)
+    moved = _moved(image, dx, dy)
+    compiled, reference = _both_paths(moved, demo, MeasurementSettings())
+    assert np.array_equal(compiled, reference)
+    half = moved[::2, ::2].copy()
+    compiled, reference = _both_paths(half, demo, MeasurementSettings())
+    assert np.array_equal(compiled, reference)
+
+
+def test_found_shifts_match_numpy(demo: Template, rng: np.random.Generator) -> None:
+    image = render_sheet_image(demo, random_truth(demo, rng, "clean"), rng)
+    geometry = measure._geometry(demo, MeasurementSettings(), 1)
+    search = geometry.shift_search
+    assert search is not None
+    layout = field_layout(demo)
+    moved_any = False
+    for dx, dy in [(0, 0), (7, 6), (-8, 3), (5, -10)]:
+        reduced = measure.shrink_by(_moved(image, dx, dy), search.scale)
+        compiled = align.find_block_shifts(reduced, layout, search)
+        kernels.compiled = None
+        try:
+            reference = align.find_block_shifts(reduced, layout, search)
+        finally:
+            kernels.compiled = COMPILED
+        assert np.array_equal(compiled, reference), (dx, dy)
+        moved_any = moved_any or bool(compiled.any())
+    assert moved_any  # the comparison covered real moves, not only zeros
+
+
+def _sample_images() -> list[tuple[str, Path]]:
+    pairs = []
+    for folder in sorted(SAMPLES_DIR.iterdir()):
+        if (folder / "template.json").is_file():
+            images = sorted(
+                p for p in folder.iterdir() if p.suffix in {".png", ".jpg", ".jpeg"}
+            )
+            pairs.extend((folder.name, image) for image in images)
+    return pairs
+
+
+@pytest.mark.parametrize(
+    ("sample", "path"), _sample_images(), ids=lambda v: getattr(v, "name", v)
+)
+def test_real_sample_fills_match_numpy(sample: str, path: Path) -> None:
+    # Real templates have other bubble sizes, full-page decodes, tone
+    # settings and blocks near the page edge.
+    template = load_template(SAMPLES_DIR / sample / "template.json")
+    image = load_sheet_for_measuring(path, template)
+    for profile in BUILTIN_PROFILES.values():
+        compiled, reference = _both_paths(image, template, profile.settings.measurement)
+        assert np.array_equal(compiled, reference), profile.name
+
+
+@pytest.mark.parametrize("dy", [0, -3, 6, -500, 2000])
+def test_edge_search_scores_match_numpy(demo: Template, dy: int) -> None:
+    # A page whose boxes reach its edge: the search reads the whole page
+    # and clips corners, which the kernel must do the same way.
+    shape = (1171, 750)
+    image = np.random.default_rng(abs(dy) + 10).integers(0, 256, shape, dtype=np.uint8)
+    layout = field_layout(demo)
+    edge = align.build_shift_search(layout, 0.5, shape, image_scale=2)
+    assert edge.clip
+    integral = np.asarray(cv2.integral(image), np.int32).ravel()
+    shifts = np.zeros((len(layout.block_names), 9, 2), dtype=np.intp)
+    shifts[:, :, 1] = dy
+    shifts[:, :, 0] = np.arange(-4, 5)
+    compiled = align._scores(integral, edge, layout, shifts)
+    coarse = align._coarse_contrast(integral, edge)
+    kernels.compiled = None
+    try:
+        reference = align._scores(integral, edge, layout, shifts)
+        coarse_reference = align._coarse_contrast(integral, edge)
+    finally:
+        kernels.compiled = COMPILED
+    assert np.allclose(compiled, reference, rtol=1e-12, atol=0)
+    assert np.allclose(coarse, coarse_reference, rtol=1e-12, atol=0)
+
+
+def test_numpy_path_still_reads(
+    demo: Template, rng: np.random.Generator, numpy_only: None
+) -> None:
+    truth = random_truth(demo, rng, "clean")
+    fills = measure_fills(
+        render_sheet_image(demo, truth, rng), demo, MeasurementSettings()
+    )
+    kinds = np.array(truth.kinds)
+    assert kernels.compiled is None
+    assert fills[kinds == "solid"].min() > 0.7
+    assert fills[kinds == "blank"].max() < 0.05
+
+
+def _fills_arguments(
+    image: npt.NDArray[np.uint8], geometry: measure._Geometry
+) -> list[object]:
+    n_bubbles = geometry.grid_x.shape[0]
+    return [
+        image,
+        geometry.width,
+        geometry.height,
+        geometry.grid_x,
+        geometry.grid_y,
+        geometry.grid_x.shape[1],
+        geometry.grid_column,
+        geometry.grid_row,
+        geometry.no_shift,
+        np.full(n_bubbles, 230, np.float32),
+        10,
+        np.empty(n_bubbles, np.float32),
+        n_bubbles,
+        geometry.grid_column.size,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("position", "value", "message"),
+    [
+        (0, np.zeros((10, 10), np.uint8), "image has 100 bytes"),
+        (2, 5000, "image has"),
+        (3, np.zeros(7, np.int32), "columns has 28 bytes"),
+        (5, 65, "grid side 65"),
+        (6, np.full(1, 99, np.int32), "grid_column has 4 bytes"),
+        (10, -1, "kth -1"),
+        (11, np.empty(3, np.float32), "out has 12 bytes"),
+    ],
+)
+def test_bubble_fills_rejects_bad_buffers(
+    demo: Template, position: int, value: object, message: str
+) -> None:
+    assert COMPILED is not None
+    geometry = measure._geometry(demo, MeasurementSettings(), 2)
+    arguments = _fills_arguments(np.zeros((1200, 850), np.uint8), geometry)
+    arguments[position] = value
+    with pytest.raises(ValueError, match=message):
+        COMPILED.bubble_fills(*arguments)
+
+
+def test_bubble_fills_rejects_sample_outside_grid(demo: Template) -> None:
+    assert COMPILED is not None
+    geometry = measure._geometry(demo, MeasurementSettings(), 2)
+    arguments = _fills_arguments(np.zeros((1200, 850), np.uint8), geometry)
+    outside = geometry.grid_column.copy()
+    outside[3] = geometry.grid_x.shape[1]
+    arguments[6] = outside
+    with pytest.raises(ValueError, match="sample 3 lies outside"):
+        COMPILED.bubble_fills(*arguments)
+
+
+def test_kernels_reject_non_contiguous_and_read_only_output(demo: Template) -> None:
+    assert COMPILED is not None
+    geometry = measure._geometry(demo, MeasurementSettings(), 2)
+    page = np.zeros((1200, 1700), np.uint8)
+    arguments = _fills_arguments(page[:, ::2], geometry)
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        COMPILED.bubble_fills(*arguments)
+    arguments = _fills_arguments(page[:, :850].copy(), geometry)
+    read_only = np.empty(geometry.grid_x.shape[0], np.float32)
+    read_only.flags.writeable = False
+    arguments[11] = read_only
+    with pytest.raises(TypeError, match="read-write"):
+        COMPILED.bubble_fills(*arguments)
+
+
+def test_shift_scores_rejects_field_outside_bubbles(demo: Template) -> None:
+    assert COMPILED is not None
+    search = measure._geometry(demo, MeasurementSettings(), 2).shift_search
+    assert search is not None
+    starts = search.field_starts.copy()
+    starts[-1] += 1  # the last field runs past the last bubble
+    n_blocks, n_shifts = search.coarse_offsets.shape
+    with pytest.raises(ValueError, match="invalid bubbles"):
+        COMPILED.shift_scores(
+            np.zeros(search.stride * 10, np.int32),
+            search.corner_index,
+            search.coarse_offsets,
+            search.area,
+            starts,
+            search.field_block,
+            np.empty((n_blocks, n_shifts)),
+            search.area.size,
+            search.field_block.size,
+            n_blocks,
+            n_shifts,
+        )
