@@ -21,7 +21,7 @@ from omr_desktop.engine.layout import field_layout
 from omr_desktop.engine.measure import measure_fills
 from omr_desktop.engine.profile import BUILTIN_PROFILES, MeasurementSettings
 from omr_desktop.engine.synthetic import random_truth, render_sheet, render_sheet_image
-from omr_desktop.engine.template import Template, load_template
+from omr_desktop.engine.template import Template, TemplateError, load_template
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
 COMPILED = kernels.compiled
@@ -277,3 +277,64 @@ def test_shift_scores_rejects_field_outside_bubbles(demo: Template) -> None:
             n_blocks,
             n_shifts,
         )
+
+
+def _labels(first: int, count: int) -> str:
+    return f"q{first}..{first + count - 1}" if count > 1 else f"q{first}"
+
+
+def _random_template(rng: np.random.Generator) -> Template:
+    """Build a template of random page, bubble size and blocks, some at an edge."""
+    width = int(rng.integers(600, 2000))
+    height = int(rng.integers(800, 2600))
+    bubble = int(rng.integers(10, 40))
+    blocks: dict[str, object] = {}
+    for number in range(int(rng.integers(1, 5))):
+        options = int(rng.integers(1, 8))
+        fields = int(rng.integers(1, 12))
+        gap = bubble + int(rng.integers(4, 20))
+        horizontal = bool(rng.integers(0, 2))
+        span_x = options * gap if horizontal else fields * gap
+        span_y = fields * gap if horizontal else options * gap
+        # Some blocks touch the page edge, so that the search and the
+        # samples clip there.
+        at_edge = rng.random() < 0.3
+        x = 0 if at_edge else int(rng.integers(0, max(1, width - span_x - bubble)))
+        y = int(rng.integers(0, max(1, height - span_y - bubble)))
+        blocks[f"Block{number}"] = {
+            "bubbleValues": [chr(ord("A") + i) for i in range(options)],
+            "direction": "horizontal" if horizontal else "vertical",
+            "origin": [x, y],
+            "fieldLabels": [_labels(100 * number + 1, fields)],
+            "bubblesGap": gap,
+            "labelsGap": gap,
+        }
+    return load_template(
+        {
+            "pageDimensions": [width, height],
+            "bubbleDimensions": [bubble, bubble],
+            "fieldBlocks": blocks,
+            "preProcessors": [],
+        }
+    )
+
+
+def test_random_template_fills_match_numpy() -> None:
+    rng = np.random.default_rng(2026)
+    compared = 0
+    for _ in range(40):
+        try:
+            template = _random_template(rng)
+        except TemplateError:
+            continue  # blocks that overlap or leave the page
+        image = render_sheet_image(template, random_truth(template, rng, "demo"), rng)
+        moved = _moved(image, int(rng.integers(-8, 9)), int(rng.integers(-8, 9)))
+        half_height, half_width = template.page_height // 2, template.page_width // 2
+        half = moved[: 2 * half_height : 2, : 2 * half_width : 2].copy()
+        for page in (moved, half):
+            for search in (0.5, 1.0):
+                settings = MeasurementSettings(align_search=search)
+                compiled, reference = _both_paths(page, template, settings)
+                assert np.array_equal(compiled, reference), (page.shape, search)
+        compared += 1
+    assert compared >= 20
