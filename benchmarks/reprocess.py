@@ -1,7 +1,7 @@
 """Reprocess a batch end to end and compare it with two baselines.
 
     python benchmarks/reprocess.py [--sheets 7109] [--workers 2] [--rounds 1]
-        [--dsn URL]
+        [--alternate K [--alternate-numpy]] [--dsn URL]
 
 1. Seeds N demo sheets (1700 x 2400 grey JPEG at quality 90, 150 questions
    x 5 options) read with Default, in a scratch database and folder.
