@@ -70,16 +70,34 @@ static int select_kth(const uint8_t *values, Py_ssize_t count, Py_ssize_t kth)
     return low;
 }
 
-static int check_size(const Py_buffer *view, Py_ssize_t items, Py_ssize_t item_size,
-                      const char *name)
+/*
+ * Check that a buffer contains rows x columns items of item_size bytes. The
+ * product is checked for overflow first, so that counts passed with the
+ * buffers cannot claim more items than the memory behind them.
+ */
+static int check_size(const Py_buffer *view, Py_ssize_t rows, Py_ssize_t columns,
+                      Py_ssize_t item_size, const char *name)
 {
-    if (view->len != items * item_size) {
+    if (rows < 0 || columns < 0 ||
+        (columns > 0 && rows > PY_SSIZE_T_MAX / item_size / columns)) {
+        PyErr_Format(PyExc_ValueError, "%s: invalid size %zd x %zd", name, rows,
+                     columns);
+        return -1;
+    }
+    if (view->len != rows * columns * item_size) {
         PyErr_Format(PyExc_ValueError,
                      "%s has %zd bytes, expected %zd items of %zd bytes", name,
-                     view->len, items, item_size);
+                     view->len, rows * columns, item_size);
         return -1;
     }
     return 0;
+}
+
+/* Clamp a shift to [-limit, limit]: a larger one moves every index it is
+ * added to past the edge that the index is then clipped to anyway. */
+static int64_t clamp_shift(int64_t shift, int64_t limit)
+{
+    return shift < -limit ? -limit : (shift > limit ? limit : shift);
 }
 
 /*
@@ -110,16 +128,20 @@ static PyObject *shift_scores(PyObject *self, PyObject *args)
     }
     PyObject *result = NULL;
     Py_ssize_t size = integral_view.len / (Py_ssize_t)sizeof(int32_t);
-    if (size < 1 || n_bubbles < 0 || n_fields < 0 || n_blocks < 1 || n_shifts < 1) {
-        PyErr_SetString(PyExc_ValueError, "empty integral image or invalid counts");
+    if (size < 1 || n_bubbles < 0 || n_fields < 0 || n_fields == PY_SSIZE_T_MAX ||
+        n_blocks < 1 || n_shifts < 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "invalid sizes: integral image of %zd values, %zd bubbles, "
+                     "%zd fields, %zd blocks, %zd shifts",
+                     size, n_bubbles, n_fields, n_blocks, n_shifts);
         goto done;
     }
-    if (check_size(&corners_view, 4 * n_bubbles, 8, "corners") ||
-        check_size(&offsets_view, n_blocks * n_shifts, 8, "offsets") ||
-        check_size(&area_view, n_bubbles, 8, "area") ||
-        check_size(&starts_view, n_fields + 1, 8, "field_starts") ||
-        check_size(&blocks_view, n_fields, 8, "field_block") ||
-        check_size(&out_view, n_blocks * n_shifts, 8, "out")) {
+    if (check_size(&corners_view, 4, n_bubbles, 8, "corners") ||
+        check_size(&offsets_view, n_blocks, n_shifts, 8, "offsets") ||
+        check_size(&area_view, 1, n_bubbles, 8, "area") ||
+        check_size(&starts_view, 1, n_fields + 1, 8, "field_starts") ||
+        check_size(&blocks_view, 1, n_fields, 8, "field_block") ||
+        check_size(&out_view, n_blocks, n_shifts, 8, "out")) {
         goto done;
     }
     const int32_t *integral = integral_view.buf;
@@ -130,6 +152,14 @@ static PyObject *shift_scores(PyObject *self, PyObject *args)
     const int64_t *blocks = blocks_view.buf;
     double *out = out_view.buf;
 
+    for (Py_ssize_t i = 0; i < 4 * n_bubbles; i++) {
+        if (corners[i] < 0 || corners[i] >= size) {
+            PyErr_Format(PyExc_ValueError,
+                         "corner %zd is %lld, outside the integral image of %zd values",
+                         i, (long long)corners[i], size);
+            goto done;
+        }
+    }
     for (Py_ssize_t f = 0; f < n_fields; f++) {
         if (starts[f] < 0 || starts[f] >= starts[f + 1] || starts[f + 1] > n_bubbles ||
             blocks[f] < 0 || blocks[f] >= n_blocks) {
@@ -149,19 +179,25 @@ static PyObject *shift_scores(PyObject *self, PyObject *args)
         corner_low = corners[i] < corner_low ? corners[i] : corner_low;
         corner_high = corners[i] > corner_high ? corners[i] : corner_high;
     }
-    int64_t offset_low = INT64_MAX, offset_high = INT64_MIN;
-    for (Py_ssize_t i = 0; i < n_blocks * n_shifts; i++) {
-        offset_low = offsets[i] < offset_low ? offsets[i] : offset_low;
-        offset_high = offsets[i] > offset_high ? offsets[i] : offset_high;
-    }
-    const int inside = n_bubbles == 0 || (corner_low + offset_low >= 0 &&
-                                          corner_high + offset_high <= size - 1);
+    /* Offsets clamped to the integral image's size: a larger one clips every
+     * corner to the same edge, and the clamp keeps the sums from overflowing. */
+    Py_ssize_t *clamped = PyMem_Malloc(n_blocks * n_shifts * sizeof(Py_ssize_t));
     double *total = PyMem_Malloc(2 * n_shifts * sizeof(double));
-    if (total == NULL) {
+    if (clamped == NULL || total == NULL) {
+        PyMem_Free(clamped);
+        PyMem_Free(total);
         PyErr_NoMemory();
         goto done;
     }
     double *lowest = total + n_shifts;
+    Py_ssize_t offset_low = size, offset_high = -size;
+    for (Py_ssize_t i = 0; i < n_blocks * n_shifts; i++) {
+        clamped[i] = (Py_ssize_t)clamp_shift(offsets[i], size);
+        offset_low = clamped[i] < offset_low ? clamped[i] : offset_low;
+        offset_high = clamped[i] > offset_high ? clamped[i] : offset_high;
+    }
+    const int inside = n_bubbles == 0 || (corner_low + offset_low >= 0 &&
+                                          corner_high + offset_high <= size - 1);
 
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n_blocks * n_shifts; i++) {
@@ -170,7 +206,7 @@ static PyObject *shift_scores(PyObject *self, PyObject *args)
     for (Py_ssize_t f = 0; f < n_fields; f++) {
         const Py_ssize_t first = (Py_ssize_t)starts[f];
         const Py_ssize_t end = (Py_ssize_t)starts[f + 1];
-        const int64_t *block_offsets = offsets + blocks[f] * n_shifts;
+        const Py_ssize_t *block_offsets = clamped + blocks[f] * n_shifts;
         double *block_out = out + blocks[f] * n_shifts;
         for (Py_ssize_t b = first; b < end; b++) {
             const Py_ssize_t top_left = (Py_ssize_t)corners[b];
@@ -178,7 +214,7 @@ static PyObject *shift_scores(PyObject *self, PyObject *args)
             const Py_ssize_t bottom_left = (Py_ssize_t)corners[2 * n_bubbles + b];
             const Py_ssize_t bottom_right = (Py_ssize_t)corners[3 * n_bubbles + b];
             for (Py_ssize_t s = 0; s < n_shifts; s++) {
-                const Py_ssize_t offset = (Py_ssize_t)block_offsets[s];
+                const Py_ssize_t offset = block_offsets[s];
                 Py_ssize_t tl = top_left + offset, tr = top_right + offset;
                 Py_ssize_t bl = bottom_left + offset, br = bottom_right + offset;
                 if (!inside) {
@@ -209,6 +245,7 @@ static PyObject *shift_scores(PyObject *self, PyObject *args)
         }
     }
     Py_END_ALLOW_THREADS
+    PyMem_Free(clamped);
     PyMem_Free(total);
     Py_INCREF(Py_None);
     result = Py_None;
@@ -261,14 +298,14 @@ static PyObject *bubble_fills(PyObject *self, PyObject *args)
                      width, height, side, n_samples, kth);
         goto done;
     }
-    if (check_size(&image_view, width * height, 1, "image") ||
-        check_size(&columns_view, n_bubbles * side, 4, "columns") ||
-        check_size(&rows_view, n_bubbles * side, 4, "rows") ||
-        check_size(&grid_column_view, n_samples, 4, "grid_column") ||
-        check_size(&grid_row_view, n_samples, 4, "grid_row") ||
-        check_size(&shift_view, 2 * n_bubbles, 8, "shift") ||
-        check_size(&paper_view, n_bubbles, 4, "paper") ||
-        check_size(&out_view, n_bubbles, 4, "out")) {
+    if (check_size(&image_view, height, width, 1, "image") ||
+        check_size(&columns_view, n_bubbles, side, 4, "columns") ||
+        check_size(&rows_view, n_bubbles, side, 4, "rows") ||
+        check_size(&grid_column_view, 1, n_samples, 4, "grid_column") ||
+        check_size(&grid_row_view, 1, n_samples, 4, "grid_row") ||
+        check_size(&shift_view, n_bubbles, 2, 8, "shift") ||
+        check_size(&paper_view, 1, n_bubbles, 4, "paper") ||
+        check_size(&out_view, 1, n_bubbles, 4, "out")) {
         goto done;
     }
     const uint8_t *image = image_view.buf;
@@ -293,12 +330,16 @@ static PyObject *bubble_fills(PyObject *self, PyObject *args)
     Py_ssize_t row_start[64];
     uint8_t values[64 * 64];
     for (Py_ssize_t b = 0; b < n_bubbles; b++) {
-        const Py_ssize_t dx = (Py_ssize_t)shift[2 * b];
-        const Py_ssize_t dy = (Py_ssize_t)shift[2 * b + 1];
+        /* Columns and rows are int32, so in int64 a shift clamped to 2**40
+         * keeps every sum exact and moves nothing less far than the full one. */
+        const int64_t dx = clamp_shift(shift[2 * b], (int64_t)1 << 40);
+        const int64_t dy = clamp_shift(shift[2 * b + 1], (int64_t)1 << 40);
         for (Py_ssize_t i = 0; i < side; i++) {
-            x[i] = clip_index((Py_ssize_t)columns[b * side + i] + dx, 0, width - 1);
+            const int64_t column = (int64_t)columns[b * side + i] + dx;
+            const int64_t row = (int64_t)rows[b * side + i] + dy;
+            x[i] = column < 0 ? 0 : (column > width - 1 ? width - 1 : (Py_ssize_t)column);
             row_start[i] =
-                clip_index((Py_ssize_t)rows[b * side + i] + dy, 0, height - 1) * width;
+                (row < 0 ? 0 : (row > height - 1 ? height - 1 : (Py_ssize_t)row)) * width;
         }
         for (Py_ssize_t k = 0; k < n_samples; k++) {
             values[k] = image[row_start[grid_row[k]] + x[grid_column[k]]];
@@ -334,7 +375,7 @@ static PyMethodDef kernel_methods[] = {
 static struct PyModuleDef kernel_module = {
     PyModuleDef_HEAD_INIT, "_kernels",
     "Compiled inner loops of bubble measuring; use omr_desktop.engine.kernels.", -1,
-    kernel_methods,
+    kernel_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__kernels(void)

@@ -212,6 +212,8 @@ def _fills_arguments(
     [
         (0, np.zeros((10, 10), np.uint8), "image has 100 bytes"),
         (2, 5000, "image has"),
+        (2, 2**62, "image: invalid size"),
+        (12, 2**61, "columns: invalid size"),
         (3, np.zeros(7, np.int32), "columns has 28 bytes"),
         (5, 65, "grid side 65"),
         (6, np.full(1, 99, np.int32), "grid_column has 4 bytes"),
@@ -262,21 +264,10 @@ def test_shift_scores_rejects_field_outside_bubbles(demo: Template) -> None:
     assert search is not None
     starts = search.field_starts.copy()
     starts[-1] += 1  # the last field runs past the last bubble
-    n_blocks, n_shifts = search.coarse_offsets.shape
+    arguments = _scores_arguments(search)
+    arguments[4] = starts
     with pytest.raises(ValueError, match="invalid bubbles"):
-        COMPILED.shift_scores(
-            np.zeros(search.stride * 10, np.int32),
-            search.corner_index,
-            search.coarse_offsets,
-            search.area,
-            starts,
-            search.field_block,
-            np.empty((n_blocks, n_shifts)),
-            search.area.size,
-            search.field_block.size,
-            n_blocks,
-            n_shifts,
-        )
+        COMPILED.shift_scores(*arguments)
 
 
 def _labels(first: int, count: int) -> str:
@@ -338,3 +329,77 @@ def test_random_template_fills_match_numpy() -> None:
                 assert np.array_equal(compiled, reference), (page.shape, search)
         compared += 1
     assert compared >= 20
+
+
+def _scores_arguments(search: align.ShiftSearch) -> list[object]:
+    n_blocks, n_shifts = search.coarse_offsets.shape
+    return [
+        np.zeros(search.stride * (search.window[1] - search.window[0] + 1), np.int32),
+        search.corner_index,
+        search.coarse_offsets,
+        search.area,
+        search.field_starts,
+        search.field_block,
+        np.empty((n_blocks, n_shifts)),
+        search.area.size,
+        search.field_block.size,
+        n_blocks,
+        n_shifts,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("position", "value", "message"),
+    [
+        (0, np.zeros(0, np.int32), "invalid sizes: integral image of 0"),
+        (7, 2**62, "corners: invalid size"),
+        (9, 2**62, "offsets: invalid size"),
+        (10, 2**62, "offsets: invalid size"),
+        (8, 2**63 - 1, "invalid sizes"),
+    ],
+)
+def test_shift_scores_rejects_bad_sizes(
+    demo: Template, position: int, value: object, message: str
+) -> None:
+    assert COMPILED is not None
+    search = measure._geometry(demo, MeasurementSettings(), 2).shift_search
+    assert search is not None
+    arguments = _scores_arguments(search)
+    arguments[position] = value
+    with pytest.raises(ValueError, match=message):
+        COMPILED.shift_scores(*arguments)
+
+
+def test_shift_scores_rejects_corner_outside_integral(demo: Template) -> None:
+    assert COMPILED is not None
+    search = measure._geometry(demo, MeasurementSettings(), 2).shift_search
+    assert search is not None
+    arguments = _scores_arguments(search)
+    corners = search.corner_index.copy()
+    corners[2, 5] = -1
+    arguments[1] = corners
+    with pytest.raises(ValueError, match="corner .* is -1, outside"):
+        COMPILED.shift_scores(*arguments)
+
+
+def test_huge_shifts_clip_like_edge_shifts(demo: Template) -> None:
+    # A shift far past the page puts every sample on the page's edge, as a
+    # shift of exactly the page size does, without overflowing.
+    assert COMPILED is not None
+    search = measure._geometry(demo, MeasurementSettings(), 2).shift_search
+    assert search is not None
+    geometry = measure._geometry(demo, MeasurementSettings(), 2)
+    page = np.random.default_rng(8).integers(0, 256, (1200, 850), dtype=np.uint8)
+    results = []
+    for dx, dy in [(2**63 - 1, -(2**63)), (850, -1200)]:
+        arguments = _fills_arguments(page, geometry)
+        shift = np.empty((geometry.grid_x.shape[0], 2), np.int64)
+        shift[:] = (dx, dy)
+        arguments[8] = shift
+        COMPILED.bubble_fills(*arguments)
+        results.append(arguments[11])
+    assert np.array_equal(results[0], results[1])
+    arguments = _scores_arguments(search)
+    arguments[2] = np.full_like(search.coarse_offsets, 2**63 - 1)
+    COMPILED.shift_scores(*arguments)
+    assert np.isfinite(arguments[6]).all()
