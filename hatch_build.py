@@ -37,6 +37,12 @@ class KernelBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         try:
             built = _compile(Path(self.root))
         except Exception as exc:  # noqa: BLE001 - any compiler failure is reported
+            # A module built earlier from other sources must not stay in use.
+            for stale in (Path(self.root) / "omr_desktop" / "engine").glob(
+                "_kernels.*"
+            ):
+                if stale.suffix in (".so", ".pyd"):
+                    stale.unlink()
             self.app.display_warning(
                 f"omr-desktop: failed to compile {SOURCE} ({exc}); installing "
                 "without the compiled kernels, so measuring runs on numpy alone "

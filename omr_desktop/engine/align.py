@@ -341,27 +341,30 @@ def _compiled_contrast(
 
     The compiled kernel reads each box's four corners straight from the
     integral image, where the numpy path first builds (4, n_bubbles,
-    n_shifts) indices. A corner moved outside the integral image is
-    clipped to it, as the numpy path clips when ``search.clip`` is set.
+    n_shifts) indices, and returns each field's contrast as
+    `_run_contrast` computes it. A corner moved outside the integral image
+    is clipped to it, as the numpy path clips when ``search.clip`` is set.
     Without ``search.clip`` the search window keeps every corner inside.
+    The block sums are `_sum_blocks`, the same numpy reduction for both
+    paths, so that both add in the same order and tie the same way.
     """
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    n_blocks, n_shifts = offsets.shape
-    out = np.empty((n_blocks, n_shifts), dtype=np.float64)
-    compiled.shift_scores(
+    n_shifts = offsets.shape[1]
+    contrast = np.empty((len(search.block_order), n_shifts), dtype=np.float64)
+    compiled.field_contrasts(
         np.ascontiguousarray(integral, dtype=np.int32),
         search.corner_index,
         offsets,
         search.area,
         search.field_starts,
         search.field_block,
-        out,
+        contrast,
         search.area.size,
         search.field_block.size,
-        n_blocks,
+        offsets.shape[0],
         n_shifts,
     )
-    return out
+    return _sum_blocks(contrast, search)
 
 
 def _box_means(
@@ -406,6 +409,13 @@ def _block_contrast(
     for run in search.runs:
         fields = slice(run.first_field, run.first_field + run.fields)
         _run_contrast(means, run, contrast[fields])
+    return _sum_blocks(contrast, search)
+
+
+def _sum_blocks(
+    contrast: npt.NDArray[np.float64], search: ShiftSearch
+) -> npt.NDArray[np.float64]:
+    """Sum field contrasts (n_fields, n_shifts) per block, (n_blocks, n_shifts)."""
     # Summed per block without BLAS. A matrix product with one-hot block
     # weights ran in OpenBLAS, whose threads keep spinning for a while
     # after each call and took CPU from the detection threads: in one run

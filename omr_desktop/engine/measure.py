@@ -329,6 +329,7 @@ def measure_fills(
     if compiled is not None:
         offset = _bubble_shifts(toned, template, geometry)
         return _compiled_fills(compiled, toned, geometry, offset, bubble_paper, kth)
+    kernels.report_numpy_path()
     index = _sample_index(toned, template, geometry)
     # The order statistic is the same in int32. numpy 2.4 partitions 32-bit
     # integers with SIMD code on AVX2 and AVX-512 CPUs; 16-bit ones only
