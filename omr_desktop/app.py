@@ -26,6 +26,7 @@ from omr_desktop.engine_setup import (
     cluster_event_source,
     make_engine,
 )
+from omr_desktop.gui import garbage_collector
 from omr_desktop.gui.icons import icon, register_icon_search_path
 from omr_desktop.gui.reprocess_flow import ReprocessFlow
 from omr_desktop.gui.widgets.tasks_panel import TasksPanel
@@ -41,7 +42,11 @@ APPLICATION = "OMR Desktop"
 
 
 def create_application(argv: list[str] | None = None) -> QApplication:
-    """Return the QApplication, creating it with the product's names and icons."""
+    """Return the QApplication, creating it with the product's names and icons.
+
+    From then on garbage cycles are collected on the GUI thread only
+    (`omr_desktop.gui.garbage_collector`).
+    """
     QCoreApplication.setOrganizationName(ORGANIZATION)
     QCoreApplication.setApplicationName(APPLICATION)
     QCoreApplication.setApplicationVersion(__version__)
@@ -50,6 +55,7 @@ def create_application(argv: list[str] | None = None) -> QApplication:
         app = QApplication(argv or sys.argv[:1])
     register_icon_search_path()
     app.setWindowIcon(icon("omr-desktop.svg"))
+    garbage_collector.install(app)
     return app
 
 

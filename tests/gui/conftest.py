@@ -9,6 +9,7 @@ import pytest
 from PySide6.QtCore import QSettings, QThreadPool
 
 from omr_desktop.app import create_application
+from omr_desktop.gui import garbage_collector
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +24,12 @@ def _private_qsettings(tmp_path: Path) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _app(qapp: object) -> None:
+def _app(qapp: object) -> Iterator[None]:
     create_application()
+    yield
+    # The tests outside tests/gui run without the Qt event loop that the
+    # GUI-thread collector needs, so they get automatic collection back.
+    garbage_collector.uninstall()
 
 
 @pytest.fixture(autouse=True)
