@@ -505,13 +505,8 @@ def _server_cpu_s() -> float:
 
 
 def child(args: argparse.Namespace) -> int:
-    from omr_desktop.engine import kernels
     from omr_desktop.pipeline.reprocess import ReprocessRequest
     from omr_desktop.pipeline.task_manager import TaskManager
-
-    compiled = kernels.compiled
-    if args.alternate_numpy and compiled is None:
-        raise SystemExit("--alternate-numpy: this install has no compiled kernels")
 
     database = Database(DatabaseChoice(args.child, "environment"))
     database.open()
