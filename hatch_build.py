@@ -62,8 +62,8 @@ def _compile(root: Path) -> Path:
     from setuptools import Distribution, Extension
 
     # -O3 vectorises the counting loop of select_kth. -ffp-contract=off keeps
-    # a*b+c as two roundings, as numpy computes it, so that the kernels give
-    # the numpy code's results bit for bit.
+    # any a*b+c as two roundings, as numpy computes it, so that no fused
+    # multiply-add can make the kernels differ from the numpy code.
     flags = [] if sys.platform == "win32" else ["-O3", "-ffp-contract=off"]
     extension = Extension(
         MODULE, sources=[str(root / SOURCE)], extra_compile_args=flags
