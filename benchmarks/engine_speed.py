@@ -24,6 +24,7 @@ change much less than the wall time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import sys
@@ -147,11 +148,8 @@ def _numpy_measure(
     image: np.ndarray, template: Template, settings: ProfileSettings
 ) -> object:
     """Measure with the numpy path, whether or not the kernels are compiled."""
-    compiled, kernels.compiled = kernels.compiled, None
-    try:
+    with kernels.numpy_path():
         return measure_fills(image, template, settings.measurement)
-    finally:
-        kernels.compiled = compiled
 
 
 def _encode(reading: SheetReading) -> tuple[bytes, bytes]:
@@ -170,20 +168,21 @@ def _report_threads(
         "read_sheet": lambda p: read_sheet(p, template, settings),
         "read_sheet + encode": lambda p: _encode(read_sheet(p, template, settings)),
     }
-    compiled = kernels.compiled
-    if compiled is not None:
+    if kernels.compiled is not None:
         passes["read_sheet + encode, numpy"] = passes["read_sheet + encode"]
     best_wall = dict.fromkeys(passes, float("inf"))
     best_cpu = dict.fromkeys(passes, float("inf"))
     with ThreadPoolExecutor(threads) as pool:
         for _ in range(rounds):
             for name, action in passes.items():
-                kernels.compiled = None if name.endswith("numpy") else compiled
-                wall, cpu = time.perf_counter(), time.process_time()
-                list(pool.map(action, paths))
-                best_wall[name] = min(best_wall[name], time.perf_counter() - wall)
-                best_cpu[name] = min(best_cpu[name], time.process_time() - cpu)
-    kernels.compiled = compiled
+                on_numpy = name.endswith("numpy")
+                with kernels.numpy_path() if on_numpy else contextlib.nullcontext():
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    list(pool.map(action, paths))
+                    wall = time.perf_counter() - wall
+                    cpu = time.process_time() - cpu
+                best_wall[name] = min(best_wall[name], wall)
+                best_cpu[name] = min(best_cpu[name], cpu)
     for name in passes:
         label = f"{name}, {threads} threads"
         wall_ratio = best_wall[name] / best_wall["decode only"]

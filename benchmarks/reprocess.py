@@ -164,8 +164,7 @@ def alternate(args: argparse.Namespace, conninfo: str) -> None:
     from omr_desktop.pipeline.reprocess import ReprocessRequest
     from omr_desktop.pipeline.task_manager import TaskManager
 
-    compiled = kernels.compiled
-    if args.alternate_numpy and compiled is None:
+    if args.alternate_numpy and kernels.compiled is None:
         raise SystemExit("--alternate-numpy: this install has no compiled kernels")
 
     database = Database(DatabaseChoice(conninfo, "environment"))
@@ -271,11 +270,8 @@ def _numpy_processing_s(
     from omr_desktop.engine import kernels
     from omr_desktop.pipeline.reprocess import ReprocessRequest
 
-    compiled, kernels.compiled = kernels.compiled, None
-    try:
+    with kernels.numpy_path():
         manager.wait(manager.submit(ReprocessRequest(ids, SENSITIVE)))
-    finally:
-        kernels.compiled = compiled
     event = finished[-1]
     if event.event != "complete":
         raise RuntimeError(f"Alternating reprocess failed: {event.message}")

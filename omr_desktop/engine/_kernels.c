@@ -211,6 +211,11 @@ static PyObject *field_contrasts(PyObject *self, PyObject *args)
     const double *area = area_view.buf;
     double *out = out_view.buf;
 
+    /* Every corner stays inside the integral image when the extremes do.
+     * The search window ensures that unless it is the whole page, and only
+     * then does each corner need clipping. */
+    int64_t corner_low = size;
+    int64_t corner_high = -1;
     for (Py_ssize_t i = 0; i < 4 * n_bubbles; i++) {
         if (corners[i] < 0 || corners[i] >= size) {
             PyErr_Format(PyExc_ValueError,
@@ -218,6 +223,8 @@ static PyObject *field_contrasts(PyObject *self, PyObject *args)
                          i, (long long)corners[i], size);
             goto done;
         }
+        corner_low = corners[i] < corner_low ? corners[i] : corner_low;
+        corner_high = corners[i] > corner_high ? corners[i] : corner_high;
     }
     for (Py_ssize_t f = 0; f < n_fields; f++) {
         if (starts[f] < 0 || starts[f] >= starts[f + 1] || starts[f + 1] > n_bubbles ||
@@ -229,17 +236,8 @@ static PyObject *field_contrasts(PyObject *self, PyObject *args)
             goto done;
         }
     }
-    /* Every corner stays inside the integral image when the extremes do.
-     * The search window ensures that unless it is the whole page, and only
-     * then does each corner need clipping. Offsets are clamped to the
-     * image's size, which clips every corner to the same edge and keeps the
-     * sums from overflowing. */
-    int64_t corner_low = size;
-    int64_t corner_high = -1;
-    for (Py_ssize_t i = 0; i < 4 * n_bubbles; i++) {
-        corner_low = corners[i] < corner_low ? corners[i] : corner_low;
-        corner_high = corners[i] > corner_high ? corners[i] : corner_high;
-    }
+    /* Offsets are clamped to the image's size, which clips every corner to
+     * the same edge and keeps the sums from overflowing. */
     Py_ssize_t offset_low = size;
     Py_ssize_t offset_high = -size;
     for (Py_ssize_t i = 0; i < n_blocks * n_shifts; i++) {
@@ -324,8 +322,8 @@ done:
  * grid_column, grid_row: int32 (n_samples,), the column and row of each
  *     sample of the grid (the points inside the ellipse).
  * shift: int64 (n_bubbles, 2), (dx, dy) per bubble in image px.
- * paper: float32 (n_bubbles,), the paper grey at each bubble, as
- *     measure._bubble_paper returns it.
+ * paper: float32 (n_bubbles,), the paper grey at each bubble centre, at
+ *     least 1.
  * kth: which order statistic of a bubble's samples is its grey.
  * out: float32 (n_bubbles,), written: 1 - grey / paper, clipped to [0, 1].
  *

@@ -21,6 +21,8 @@ import importlib
 import logging
 import os
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
 
@@ -76,3 +78,20 @@ def report_numpy_path() -> None:
             "Measuring with numpy only, about 0.6 ms a sheet slower: %s.",
             unavailable_reason,
         )
+
+
+@contextmanager
+def numpy_path() -> Iterator[None]:
+    """Measure with the numpy path inside the ``with`` block, in every thread.
+
+    For benchmarks and tests that compare the two paths. The switch is
+    process-wide, so measuring that other threads do meanwhile also runs on
+    numpy.
+    """
+    global compiled
+    saved = compiled
+    compiled = None
+    try:
+        yield
+    finally:
+        compiled = saved

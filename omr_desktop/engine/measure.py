@@ -359,12 +359,31 @@ def _compiled_fills(
     and converts it to a fill with float32 arithmetic as the numpy path
     does. ``offset`` is (n_bubbles, 2) or None for no shift.
     """
-    n_bubbles, n_samples = geometry.sample_index.shape
     shift = (
         geometry.no_shift if offset is None else np.ascontiguousarray(offset, np.int64)
     )
-    fills = np.empty(n_bubbles, dtype=np.float32)
+    fills = np.empty(geometry.sample_index.shape[0], dtype=np.float32)
     compiled.bubble_fills(
+        *bubble_fills_arguments(toned, geometry, shift, bubble_paper, kth, fills)
+    )
+    return fills
+
+
+def bubble_fills_arguments(
+    toned: npt.NDArray[np.uint8],
+    geometry: _Geometry,
+    shift: npt.NDArray[np.int64],
+    bubble_paper: npt.NDArray[np.float32],
+    kth: int,
+    out: npt.NDArray[np.float32],
+) -> list[object]:
+    """Return the arguments of the kernel's ``bubble_fills``, in its order.
+
+    ``shift`` is (n_bubbles, 2) int64 and ``out`` receives the fills. The
+    tests build their malformed calls from this list.
+    """
+    n_bubbles, n_samples = geometry.sample_index.shape
+    return [
         np.ascontiguousarray(toned, dtype=np.uint8),
         geometry.width,
         geometry.height,
@@ -376,8 +395,7 @@ def _compiled_fills(
         shift,
         np.ascontiguousarray(bubble_paper, dtype=np.float32),
         kth,
-        fills,
+        out,
         n_bubbles,
         n_samples,
-    )
-    return fills
+    ]

@@ -31,11 +31,8 @@ COMPILED = kernels.compiled
 @pytest.fixture
 def numpy_only() -> Iterator[None]:
     """Measure with the numpy path for the duration of a test."""
-    kernels.compiled = None
-    try:
+    with kernels.numpy_path():
         yield
-    finally:
-        kernels.compiled = COMPILED
 
 
 def _both_paths(
@@ -44,11 +41,8 @@ def _both_paths(
     """Return the fills of the compiled path and of the numpy path."""
     assert COMPILED is not None
     compiled = measure_fills(image, template, settings)
-    kernels.compiled = None
-    try:
+    with kernels.numpy_path():
         reference = measure_fills(image, template, settings)
-    finally:
-        kernels.compiled = COMPILED
     return compiled, reference
 
 
@@ -115,11 +109,8 @@ def test_found_shifts_match_numpy(demo: Template, rng: np.random.Generator) -> N
     for dx, dy in [(0, 0), (7, 6), (-8, 3), (5, -10)]:
         reduced = measure.shrink_by(_moved(image, dx, dy), search.scale)
         compiled = align.find_block_shifts(reduced, layout, search)
-        kernels.compiled = None
-        try:
+        with kernels.numpy_path():
             reference = align.find_block_shifts(reduced, layout, search)
-        finally:
-            kernels.compiled = COMPILED
         assert np.array_equal(compiled, reference), (dx, dy)
         moved_any = moved_any or bool(compiled.any())
     assert moved_any  # the comparison covered real moves, not only zeros
@@ -164,12 +155,9 @@ def test_edge_search_scores_match_numpy(demo: Template, dy: int) -> None:
     shifts[:, :, 0] = np.arange(-4, 5)
     compiled = align._scores(integral, edge, layout, shifts)
     coarse = align._coarse_contrast(integral, edge)
-    kernels.compiled = None
-    try:
+    with kernels.numpy_path():
         reference = align._scores(integral, edge, layout, shifts)
         coarse_reference = align._coarse_contrast(integral, edge)
-    finally:
-        kernels.compiled = COMPILED
     assert np.array_equal(compiled, reference)
     assert np.array_equal(coarse, coarse_reference)
 
@@ -191,22 +179,14 @@ def _fills_arguments(
     image: npt.NDArray[np.uint8], geometry: measure._Geometry
 ) -> list[object]:
     n_bubbles = geometry.grid_x.shape[0]
-    return [
+    return measure.bubble_fills_arguments(
         image,
-        geometry.width,
-        geometry.height,
-        geometry.grid_x,
-        geometry.grid_y,
-        geometry.grid_x.shape[1],
-        geometry.grid_column,
-        geometry.grid_row,
+        geometry,
         geometry.no_shift,
         np.full(n_bubbles, 230, np.float32),
         10,
         np.empty(n_bubbles, np.float32),
-        n_bubbles,
-        geometry.grid_column.size,
-    ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -249,7 +229,8 @@ def test_kernels_reject_non_contiguous_and_read_only_output(demo: Template) -> N
     assert COMPILED is not None
     geometry = measure._geometry(demo, MeasurementSettings(), 2)
     page = np.zeros((1200, 1700), np.uint8)
-    arguments = _fills_arguments(page[:, ::2], geometry)
+    arguments = _fills_arguments(page[:, :850].copy(), geometry)
+    arguments[0] = page[:, ::2]  # a view with a stride of 2 bytes
     with pytest.raises(ValueError, match="not C-contiguous"):
         COMPILED.bubble_fills(*arguments)
     arguments = _fills_arguments(page[:, :850].copy(), geometry)
@@ -260,7 +241,7 @@ def test_kernels_reject_non_contiguous_and_read_only_output(demo: Template) -> N
         COMPILED.bubble_fills(*arguments)
 
 
-def test_shift_scores_rejects_field_outside_bubbles(demo: Template) -> None:
+def test_field_contrasts_rejects_bad_field(demo: Template) -> None:
     assert COMPILED is not None
     search = measure._geometry(demo, MeasurementSettings(), 2).shift_search
     assert search is not None
@@ -360,7 +341,7 @@ def _scores_arguments(search: align.ShiftSearch) -> list[object]:
         (8, 2**63 - 1, "invalid sizes"),
     ],
 )
-def test_shift_scores_rejects_bad_sizes(
+def test_field_contrasts_rejects_bad_sizes(
     demo: Template, position: int, value: object, message: str
 ) -> None:
     assert COMPILED is not None
@@ -372,7 +353,7 @@ def test_shift_scores_rejects_bad_sizes(
         COMPILED.field_contrasts(*arguments)
 
 
-def test_shift_scores_rejects_corner_outside_integral(demo: Template) -> None:
+def test_field_contrasts_rejects_outside_corner(demo: Template) -> None:
     assert COMPILED is not None
     search = measure._geometry(demo, MeasurementSettings(), 2).shift_search
     assert search is not None

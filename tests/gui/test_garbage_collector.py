@@ -26,10 +26,10 @@ def test_application_turns_automatic_collection_off() -> None:
     assert garbage_collector._collector is not None
 
 
-def test_cycle_made_in_worker_is_freed_on_gui_thread(qtbot: QtBot) -> None:
+def test_worker_cycle_freed_on_gui_thread(qtbot: QtBot) -> None:
     freed_on: list[str] = []
-    made = threading.Event()
-    kept: list[object] = []
+    garbage_made = threading.Event()
+    kept_alive: list[object] = []
 
     class MakeGarbage(QRunnable):
         def run(self) -> None:
@@ -40,11 +40,11 @@ def test_cycle_made_in_worker_is_freed_on_gui_thread(qtbot: QtBot) -> None:
             del cycle
             # Enough live allocations to pass gen0's threshold many times
             # over, which would start a collection here if it were automatic.
-            kept.append([[i] for i in range(50_000)])
-            made.set()
+            kept_alive.append([[i] for i in range(50_000)])
+            garbage_made.set()
 
     QThreadPool.globalInstance().start(MakeGarbage())
-    qtbot.waitUntil(made.is_set, timeout=5000)
+    qtbot.waitUntil(garbage_made.is_set, timeout=5000)
     assert freed_on == []  # nothing was collected in the worker
     qtbot.waitUntil(lambda: bool(freed_on), timeout=10_000)
     assert freed_on == [threading.main_thread().name]
