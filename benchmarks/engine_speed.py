@@ -49,7 +49,7 @@ from omr_desktop.engine.image import load_sheet_for_measuring, load_sheet_image
 from omr_desktop.engine.profile import ProfileSettings
 from omr_desktop.engine.synthetic import demo_template, random_truth, render_sheet
 from omr_desktop.engine.template import Template
-from omr_desktop.pipeline.copy_rows import encode_answers, encode_sheet
+from omr_desktop.pipeline.copy_rows import encode_answer_columns, encode_sheet
 
 
 def _median_ms(
@@ -136,7 +136,9 @@ def _report(
             lambda p: decide(fills, template, settings.decision), paths
         ),
         "read_sheet": _median_ms(lambda p: read_sheet(p, template, settings), paths),
-        "encode_answers + encode_sheet": _median_ms(lambda p: _encode(reading), paths),
+        "encode_answer_columns + encode_sheet": _median_ms(
+            lambda p: _encode(reading), paths
+        ),
     }
     print(f"{'step':30s} {'median':>7s} {'best':>7s} ms per sheet")
     for name, (median, best) in rows.items():
@@ -153,7 +155,7 @@ def _numpy_measure(
 
 
 def _encode(reading: SheetReading) -> tuple[bytes, bytes]:
-    return encode_answers(1, reading.answers), encode_sheet(1, reading)
+    return encode_answer_columns(1, reading.columns), encode_sheet(1, reading)
 
 
 def _report_threads(

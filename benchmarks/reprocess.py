@@ -59,7 +59,7 @@ from omr_desktop.db.database import Database
 from omr_desktop.db.migrate import migrate
 from omr_desktop.engine import BUILTIN_PROFILES, Template, read_sheet
 from omr_desktop.engine.image import load_sheet_for_measuring
-from omr_desktop.pipeline.copy_rows import encode_answers, encode_sheet
+from omr_desktop.pipeline.copy_rows import encode_answer_columns, encode_sheet
 
 DEFAULT = 1
 SENSITIVE = 2
@@ -399,7 +399,7 @@ def decode_baseline(
 
     def detect_one(path: Path) -> object:
         reading = read_sheet(path, template, settings)
-        return encode_answers(1, reading.answers), encode_sheet(1, reading)
+        return encode_answer_columns(1, reading.columns), encode_sheet(1, reading)
 
     def decode_one(path: Path) -> object:
         return load_sheet_for_measuring(path, template)

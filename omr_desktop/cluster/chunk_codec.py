@@ -153,8 +153,8 @@ def _sheet_reading(
                 empty_value=str(empty),
             )
         )
-    reading = SheetReading(
-        answers=tuple(answers),
+    reading = SheetReading.with_answers(
+        answers,
         identifiers={str(k): str(v) for k, v in sheet["identifiers"].items()},
         blank_sheet=bool(sheet["blank"]),
         fills=fills,

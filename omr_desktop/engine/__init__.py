@@ -4,7 +4,13 @@ Plain Python, numpy and OpenCV only: no Qt and no database, so the desktop
 worker pool, the HTTP server and a cluster worker run the same code.
 """
 
-from omr_desktop.engine.decide import REASONS, Answer, SheetReading, decide
+from omr_desktop.engine.decide import (
+    REASONS,
+    Answer,
+    AnswerColumns,
+    SheetReading,
+    decide,
+)
 from omr_desktop.engine.image import SheetImageError, load_sheet_image
 from omr_desktop.engine.measure import measure_fills
 from omr_desktop.engine.profile import (
@@ -31,6 +37,7 @@ __all__ = [
     "BUILTIN_PROFILES",
     "REASONS",
     "Answer",
+    "AnswerColumns",
     "Bubble",
     "BuiltinProfile",
     "DecisionSettings",

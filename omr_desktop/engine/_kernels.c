@@ -1,11 +1,15 @@
 /*
- * Compiled inner loops of bubble measuring, for omr_desktop/engine/kernels.py.
+ * Compiled inner loops of bubble measuring and deciding, for
+ * omr_desktop/engine/kernels.py.
  *
- * Each function computes what the numpy code of align.py and measure.py
- * computes, bit for bit, without building the (bubbles x shifts) and
- * (bubbles x samples) index arrays that the numpy code gathers through.
- * Those arrays take 1.3 MB per template, and after a JPEG decode has evicted
- * them from the CPU caches, reading them cost more than the arithmetic.
+ * Each function computes what the numpy code of align.py, measure.py and
+ * decide.py computes, bit for bit. The measuring functions do without the
+ * (bubbles x shifts) and (bubbles x samples) index arrays that the numpy
+ * code gathers through. Those arrays take 1.3 MB per template, and after a
+ * JPEG decode has evicted them from the CPU caches, reading them cost more
+ * than the arithmetic. The deciding function replaces some forty numpy
+ * calls on arrays of a few hundred values, each of which costs more in
+ * overhead than in arithmetic.
  *
  * The functions release the GIL while they run, so another Python thread
  * may write to the arrays meanwhile. Every value that decides where memory
@@ -22,7 +26,7 @@
 
 /* Raised in step with kernels.py, which ignores a module of another version
  * (an old build left next to newer sources). */
-#define KERNEL_VERSION 2
+#define KERNEL_VERSION 3
 
 static Py_ssize_t clip_index(Py_ssize_t value, Py_ssize_t low, Py_ssize_t high)
 {
@@ -36,43 +40,95 @@ static int64_t clamp_shift(int64_t shift, int64_t limit)
     return shift < -limit ? -limit : (shift > limit ? limit : shift);
 }
 
-/* Return how many of values[0..count) are <= threshold. */
-static Py_ssize_t count_at_most(const uint8_t *values, Py_ssize_t count, uint8_t threshold)
+/* Samples are counted in LANES byte lanes: gcc 12 -O3 compiles such loops to
+ * 16-byte vector instructions. */
+#define LANES 16
+
+/* Kept out of line: inlined into the loop over bubbles, gcc 12 compiled the
+ * loops over lanes to scalar code, and measuring the fills of a demo sheet
+ * took twice as long. */
+#if defined(__GNUC__)
+#define NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define NOINLINE __declspec(noinline)
+#else
+#define NOINLINE
+#endif
+
+/* Return how many of values[0..padded) are <= threshold. ``padded`` is a
+ * multiple of LANES. */
+static NOINLINE Py_ssize_t count_at_most(const uint8_t *values, Py_ssize_t padded,
+                                uint8_t threshold)
 {
     Py_ssize_t total = 0;
-    /* Byte counters let the compiler count 16 or 32 samples per instruction.
-     * A chunk of 255 cannot overflow them. */
-    for (Py_ssize_t start = 0; start < count; start += 255) {
-        const Py_ssize_t end = start + 255 < count ? start + 255 : count;
-        uint8_t chunk = 0;
-        for (Py_ssize_t k = start; k < end; k++) {
-            chunk += values[k] <= threshold;
+    /* Each byte lane counts at most 255 samples before it is added up. */
+    for (Py_ssize_t start = 0; start < padded; start += 255 * LANES) {
+        const Py_ssize_t end = start + 255 * LANES < padded ? start + 255 * LANES : padded;
+        uint8_t lanes[LANES] = {0};
+        for (Py_ssize_t k = start; k < end; k += LANES) {
+            for (int j = 0; j < LANES; j++) {
+                lanes[j] += values[k + j] <= threshold;
+            }
         }
-        total += chunk;
+        for (int j = 0; j < LANES; j++) {
+            total += lanes[j];
+        }
     }
     return total;
+}
+
+/* Set *low and *high to the smallest and the largest of values[0..padded).
+ * ``padded`` is a multiple of LANES. */
+static NOINLINE void extremes(const uint8_t *values, Py_ssize_t padded, int *low,
+                              int *high)
+{
+    uint8_t smallest[LANES];
+    uint8_t largest[LANES];
+    for (int j = 0; j < LANES; j++) {
+        smallest[j] = 255;
+        largest[j] = 0;
+    }
+    for (Py_ssize_t k = 0; k < padded; k += LANES) {
+        for (int j = 0; j < LANES; j++) {
+            const uint8_t value = values[k + j];
+            smallest[j] = value < smallest[j] ? value : smallest[j];
+            largest[j] = value > largest[j] ? value : largest[j];
+        }
+    }
+    for (int j = 0; j < LANES; j++) {
+        *low = smallest[j] < *low ? smallest[j] : *low;
+        *high = largest[j] > *high ? largest[j] : *high;
+    }
 }
 
 /*
  * Return the kth smallest of values[0..count): the lowest grey g with more
  * than kth values <= g, found by bisection between the smallest and the
- * largest value. Each step is one vectorised counting pass. On the 850 x 80
- * samples of a demo sheet (gcc 12 -O3, AMD EPYC) this took 36-42 us, a
- * 256-bin histogram 87-113 us, and a quickselect was slower still.
+ * largest value. Each step is one vectorised counting pass. values must
+ * have room for count rounded up to a multiple of LANES; the bytes past
+ * count are overwritten.
+ *
+ * On the 850 bubbles x 80 samples of a demo sheet (gcc 12 -O3, AMD EPYC),
+ * a 256-bin histogram took 87-113 us and a quickselect longer still.
  */
-static int select_kth(const uint8_t *values, Py_ssize_t count, Py_ssize_t kth)
+static int select_kth(uint8_t *values, Py_ssize_t count, Py_ssize_t kth)
 {
-    uint8_t smallest = 255;
-    uint8_t largest = 0;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        smallest = values[k] < smallest ? values[k] : smallest;
-        largest = values[k] > largest ? values[k] : largest;
+    const Py_ssize_t padded = (count + LANES - 1) / LANES * LANES;
+    /* Padding with a copy of a sample leaves the extremes as they are. */
+    for (Py_ssize_t k = count; k < padded; k++) {
+        values[k] = values[0];
     }
-    int low = smallest;
-    int high = largest;
+    int low = 255;
+    int high = 0;
+    extremes(values, padded, &low, &high);
+    /* Padding of 255 is never counted: every threshold tried is below the
+     * largest value, so at most 254. */
+    for (Py_ssize_t k = count; k < padded; k++) {
+        values[k] = 255;
+    }
     while (low < high) {
         const int middle = (low + high) / 2;
-        if (count_at_most(values, count, (uint8_t)middle) > kth) {
+        if (count_at_most(values, padded, (uint8_t)middle) > kth) {
             high = middle;
         } else {
             low = middle + 1;
@@ -394,7 +450,7 @@ static PyObject *bubble_fills(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     Py_ssize_t x[64];
     Py_ssize_t row_start[64];
-    uint8_t values[64 * 64];
+    uint8_t values[64 * 64 + LANES];
     for (Py_ssize_t b = 0; b < n_bubbles; b++) {
         /* Columns and rows are int32, so in int64 a shift clamped to 2**40
          * keeps every sum exact and moves nothing less far than the full one. */
@@ -432,17 +488,275 @@ done:
     return result;
 }
 
+/* np.clip on float64, as numpy 2 computes it: NaN stays NaN, and a value
+ * equal to a bound is kept, so that -0.0 clipped to [0, 1] stays -0.0. */
+static double clip_unit(double value)
+{
+    if (isnan(value)) {
+        return value;
+    }
+    const double raised = value < 0.0 ? 0.0 : value;
+    return raised > 1.0 ? 1.0 : raised;
+}
+
+/* decide._unit: np.clip(distance / band, 0.0, 1.0). */
+static double unit(double distance, double band)
+{
+    return clip_unit(distance / band);
+}
+
+/* np.minimum(a, b) on float64. A NaN argument is returned, the first if both
+ * are NaN, with its sign bit: a division 0 / 0 gives a negative NaN on x86.
+ * Of two equal values the second is returned, so min(0.0, -0.0) is -0.0. */
+static double nan_min(double a, double b)
+{
+    if (isnan(a)) {
+        return a;
+    }
+    return isnan(b) || !(a < b) ? b : a;
+}
+
+/* The decision settings, in the order decide.py passes them. */
+enum {
+    MIN_FILL,
+    MIN_JUMP,
+    MULTI_MARK_GAP,
+    ERASED_LOW,
+    ERASED_HIGH,
+    UNCERTAIN_BELOW,
+    UNCERTAIN_ABOVE,
+    SOLID_FILL,
+    REVIEW_THRESHOLD,
+    N_SETTINGS
+};
+
+/*
+ * decide_fields(fills, counts, width, background, margin, settings,
+ *               darkest_policy, marked, n_marked, resolved, darkest,
+ *               confidence, rule, needs_review, n_bubbles, n_fields)
+ *
+ * fills: float32 (n_bubbles,), each field's bubbles one after another.
+ * counts: int64 (n_fields,), bubbles per field, summing to n_bubbles.
+ * width: the widest field's count (decide's padded matrices).
+ * background: the sheet background (decide.sheet_background).
+ * margin: decide.BACKGROUND_MARGIN.
+ * settings: a tuple of N_SETTINGS floats, DecisionSettings in enum order.
+ * darkest_policy: 1 when the multi-mark policy is "darkest".
+ * The outputs, written, have one value per field:
+ *   marked: uint8 (n_fields, width), 1 for a marked bubble.
+ *   n_marked, darkest: int64, marks and the darkest bubble's position.
+ *   resolved, needs_review: uint8, 0 or 1.
+ *   confidence: float64.
+ *   rule: int64, the index of the first true condition of
+ *     decide._decide_fields, or 6 when none is true.
+ *
+ * Returns True, or False without computing anything when a fill is not
+ * finite or is -0.0: the numpy path then decides, with numpy's handling of
+ * NaN and of the sign of zero. Measured fills are never either.
+ *
+ * The GIL is held throughout: the work takes microseconds.
+ */
+static PyObject *decide_fields(PyObject *self, PyObject *args)
+{
+    Py_buffer fills_view, counts_view, marked_view, n_marked_view, resolved_view;
+    Py_buffer darkest_view, confidence_view, rule_view, review_view;
+    Py_ssize_t width, n_bubbles, n_fields;
+    double background, margin;
+    double d[N_SETTINGS];
+    int darkest_policy;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*ndd(ddddddddd)pw*w*w*w*w*w*w*nn", &fills_view,
+                          &counts_view, &width, &background, &margin, &d[MIN_FILL],
+                          &d[MIN_JUMP], &d[MULTI_MARK_GAP], &d[ERASED_LOW],
+                          &d[ERASED_HIGH], &d[UNCERTAIN_BELOW], &d[UNCERTAIN_ABOVE],
+                          &d[SOLID_FILL], &d[REVIEW_THRESHOLD], &darkest_policy,
+                          &marked_view, &n_marked_view, &resolved_view, &darkest_view,
+                          &confidence_view, &rule_view, &review_view, &n_bubbles,
+                          &n_fields)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    const Py_buffer *outputs[] = {&marked_view,     &n_marked_view, &resolved_view,
+                                  &darkest_view,    &confidence_view, &rule_view,
+                                  &review_view};
+    const char *output_names[] = {"marked", "n_marked", "resolved", "darkest",
+                                  "confidence", "rule", "needs_review"};
+    if (width < 1 || n_bubbles < 0 || n_fields < 0) {
+        PyErr_Format(PyExc_ValueError, "invalid sizes: width %zd, %zd bubbles, %zd fields",
+                     width, n_bubbles, n_fields);
+        goto done;
+    }
+    if (check_size(&fills_view, 1, n_bubbles, 4, "fills") ||
+        check_size(&counts_view, 1, n_fields, 8, "counts") ||
+        check_size(&marked_view, n_fields, width, 1, "marked") ||
+        check_size(&n_marked_view, 1, n_fields, 8, "n_marked") ||
+        check_size(&resolved_view, 1, n_fields, 1, "resolved") ||
+        check_size(&darkest_view, 1, n_fields, 8, "darkest") ||
+        check_size(&confidence_view, 1, n_fields, 8, "confidence") ||
+        check_size(&rule_view, 1, n_fields, 8, "rule") ||
+        check_size(&review_view, 1, n_fields, 1, "needs_review")) {
+        goto done;
+    }
+    for (int i = 0; i < 7; i++) {
+        if (check_apart(outputs[i], &fills_view, "fills") ||
+            check_apart(outputs[i], &counts_view, "counts")) {
+            goto done;
+        }
+        for (int j = 0; j < i; j++) {
+            if (check_apart(outputs[i], outputs[j], output_names[j])) {
+                goto done;
+            }
+        }
+    }
+    const float *fills = fills_view.buf;
+    const int64_t *counts = counts_view.buf;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t f = 0; f < n_fields; f++) {
+        if (counts[f] < 0 || counts[f] > width || counts[f] > n_bubbles - total) {
+            PyErr_Format(PyExc_ValueError,
+                         "field %zd has %lld bubbles: more than the width %zd or "
+                         "than the %zd fills left",
+                         f, (long long)counts[f], width, n_bubbles - total);
+            goto done;
+        }
+        total += (Py_ssize_t)counts[f];
+    }
+    if (total != n_bubbles) {
+        PyErr_Format(PyExc_ValueError,
+                     "invalid counts: the fields have %zd bubbles in all, but there "
+                     "are %zd fills",
+                     total, n_bubbles);
+        goto done;
+    }
+    for (Py_ssize_t b = 0; b < n_bubbles; b++) {
+        if (!isfinite(fills[b]) || (fills[b] == 0.0f && signbit(fills[b]))) {
+            Py_INCREF(Py_False);
+            result = Py_False;
+            goto done;
+        }
+    }
+
+    uint8_t *marked = marked_view.buf;
+    int64_t *n_marked = n_marked_view.buf;
+    uint8_t *resolved = resolved_view.buf;
+    int64_t *darkest = darkest_view.buf;
+    double *confidence = confidence_view.buf;
+    int64_t *rule = rule_view.buf;
+    uint8_t *review = review_view.buf;
+    memset(marked, 0, (size_t)marked_view.len);
+    const double own_cap = background + margin;
+    Py_ssize_t first = 0;
+    for (Py_ssize_t f = 0; f < n_fields; f++) {
+        const Py_ssize_t count = (Py_ssize_t)counts[f];
+        const float *values = fills + first;
+        first += count;
+        /* decide._relative_fills: the field's faintest bubble, capped, for
+         * fields of three or more bubbles; the sheet's background otherwise. */
+        double field_background = background;
+        if (count >= 3) {
+            double lowest = INFINITY;
+            for (Py_ssize_t j = 0; j < count; j++) {
+                lowest = (double)values[j] < lowest ? (double)values[j] : lowest;
+            }
+            field_background = nan_min(lowest, own_cap);
+        }
+        int64_t marks = 0;
+        int has_unmarked = 0;
+        double weakest = INFINITY;
+        double strongest_blank = -INFINITY;
+        double top = -INFINITY;
+        double second = -INFINITY;
+        int64_t top_at = 0;
+        for (Py_ssize_t j = 0; j < count; j++) {
+            const double rel = (double)values[j] - field_background;
+            if (rel >= d[MIN_FILL]) {
+                marked[f * width + j] = 1;
+                marks++;
+                weakest = rel < weakest ? rel : weakest;
+            } else {
+                has_unmarked = 1;
+                strongest_blank = rel > strongest_blank ? rel : strongest_blank;
+            }
+            /* The two largest, as the last two of np.sort; the first
+             * largest, as np.argmax. */
+            if (rel > top) {
+                second = top;
+                top = rel;
+                top_at = j;
+            } else if (rel > second) {
+                second = rel;
+            }
+        }
+        const int has_mark = marks > 0;
+        const double gap = top - second;
+        const int is_resolved =
+            marks >= 2 && gap >= d[MULTI_MARK_GAP] && darkest_policy;
+        const double c_mark =
+            has_mark ? unit(weakest - d[MIN_FILL], d[UNCERTAIN_ABOVE]) : 1.0;
+        const double c_blank =
+            has_unmarked ? unit(d[MIN_FILL] - strongest_blank, d[UNCERTAIN_BELOW]) : 1.0;
+        const int use_jump = has_mark && has_unmarked && count >= 3;
+        const double c_jump =
+            use_jump ? unit((weakest - strongest_blank) - d[MIN_JUMP], d[UNCERTAIN_ABOVE])
+                     : 1.0;
+        const double c_gap =
+            is_resolved ? unit(gap - d[MULTI_MARK_GAP], d[UNCERTAIN_ABOVE]) : 1.0;
+        const double level = nan_min(nan_min(nan_min(c_mark, c_blank), c_jump), c_gap);
+        const int low = level < d[REVIEW_THRESHOLD];
+        const int marked_side_low = nan_min(c_mark, c_jump) < d[REVIEW_THRESHOLD];
+        const int light = has_mark && weakest < d[SOLID_FILL];
+        const int faint = has_unmarked && strongest_blank > d[ERASED_HIGH];
+        const int erased = has_unmarked && strongest_blank >= d[ERASED_LOW] && !faint;
+        int64_t first_rule = 6;
+        if (marks >= 2) {
+            first_rule = 0;
+        } else if (marked_side_low) {
+            first_rule = 1;
+        } else if (light || faint) {
+            first_rule = 2;
+        } else if (low) {
+            first_rule = 3;
+        } else if (erased) {
+            first_rule = 4;
+        } else if (has_mark) {
+            first_rule = 5;
+        }
+        n_marked[f] = marks;
+        resolved[f] = (uint8_t)is_resolved;
+        darkest[f] = top_at;
+        confidence[f] = level;
+        rule[f] = first_rule;
+        review[f] = (uint8_t)(low || (marks >= 2 && !is_resolved));
+    }
+    Py_INCREF(Py_True);
+    result = Py_True;
+
+done:
+    PyBuffer_Release(&fills_view);
+    PyBuffer_Release(&counts_view);
+    PyBuffer_Release(&marked_view);
+    PyBuffer_Release(&n_marked_view);
+    PyBuffer_Release(&resolved_view);
+    PyBuffer_Release(&darkest_view);
+    PyBuffer_Release(&confidence_view);
+    PyBuffer_Release(&rule_view);
+    PyBuffer_Release(&review_view);
+    return result;
+}
+
 static PyMethodDef kernel_methods[] = {
     {"field_contrasts", field_contrasts, METH_VARARGS,
      "Score each field at each shift from an integral image (see align.py)."},
     {"bubble_fills", bubble_fills, METH_VARARGS,
      "Measure each bubble's fill from its sample grid (see measure.py)."},
+    {"decide_fields", decide_fields, METH_VARARGS,
+     "Decide each field's marks, confidence and reason rule (see decide.py)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef kernel_module = {
     PyModuleDef_HEAD_INIT, "_kernels",
-    "Compiled inner loops of bubble measuring; use omr_desktop.engine.kernels.", -1,
+    "Compiled inner loops of measuring and deciding; use omr_desktop.engine.kernels.", -1,
     kernel_methods, NULL, NULL, NULL, NULL,
 };
 

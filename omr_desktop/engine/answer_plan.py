@@ -10,8 +10,9 @@ bubbles.
 
 from __future__ import annotations
 
+import operator
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -73,6 +74,15 @@ class AnswerPlan:
             marked values joined; fields with equal values share one.
         questions: One plan per question output column, in output order.
         identifiers: One plan per identifier output column, in output order.
+        question_names: The question columns' names, in output order.
+        question_fill_counts: Fills per question column.
+        question_empties: Each question column's empty value.
+        single_fields: The field of each question column, as an index
+            array and as a function that picks those items of a per-field
+            sequence into a tuple; None when some column joins several
+            fields.
+        question_fill_index: Indices in the fills array of every question
+            column's fills, column after column; None with ``single_fields``.
     """
 
     n_bubbles: int
@@ -86,6 +96,38 @@ class AnswerPlan:
     spellings: tuple[dict[int, str], ...]
     questions: tuple[ColumnPlan, ...]
     identifiers: tuple[ColumnPlan, ...]
+    question_names: tuple[str, ...]
+    question_fill_counts: tuple[int, ...]
+    question_empties: tuple[str, ...]
+    single_fields: SingleFields | None
+    question_fill_index: npt.NDArray[np.intp] | None
+
+
+@dataclass(frozen=True)
+class SingleFields:
+    """The field of each question column, when every column has one field.
+
+    Attributes:
+        index: intp (n_question_columns,), each column's field.
+        pick: Returns the items of a per-field sequence at ``index``, as a
+            tuple, in C (`operator.itemgetter`).
+    """
+
+    index: npt.NDArray[np.intp]
+    pick: Callable[[Sequence[object]], tuple[object, ...]]
+
+
+def _picker(index: list[int]) -> Callable[[Sequence[object]], tuple[object, ...]]:
+    """Return a function that picks ``index`` of a sequence into a tuple."""
+    if not index:
+        return lambda items: ()
+    if len(index) == 1:
+        # itemgetter of one index returns the item itself, not a tuple.
+        only = index[0]
+        return lambda items: (items[only],)
+    return cast(
+        Callable[[Sequence[object]], tuple[object, ...]], operator.itemgetter(*index)
+    )
 
 
 def answer_plan(template: Template) -> AnswerPlan:
@@ -113,6 +155,16 @@ def _build(template: Template) -> AnswerPlan:
     if width <= _MAX_MASK_BUBBLES:
         weights = np.left_shift(np.int64(1), np.arange(width, dtype=np.int64))
     position = template.field_positions
+    questions = _columns(template, template.question_columns, position, starts)
+    single = None
+    fill_index = None
+    if all(len(col.members) == 1 for col in questions):
+        fields = [col.field for col in questions]
+        single = SingleFields(np.array(fields, dtype=np.intp), _picker(fields))
+        fill_index = np.array(
+            [i for col in questions for i in range(col.fill_start, col.fill_end)],
+            dtype=np.intp,
+        )
     return AnswerPlan(
         n_bubbles=int(layout.counts.sum()),
         is_question=is_question,
@@ -123,8 +175,18 @@ def _build(template: Template) -> AnswerPlan:
         values=values,
         bit_weights=weights,
         spellings=tuple(shared.setdefault(v, {}) for v in values),
-        questions=_columns(template, template.question_columns, position, starts),
+        questions=questions,
         identifiers=_columns(template, template.identifier_columns, position, starts),
+        question_names=tuple(col.name for col in questions),
+        question_fill_counts=tuple(
+            sum(starts[i + 1] - starts[i] for i in col.members) for col in questions
+        ),
+        question_empties=tuple(
+            template.fields[col.field].empty_value if len(col.members) == 1 else ""
+            for col in questions
+        ),
+        single_fields=single,
+        question_fill_index=fill_index,
     )
 
 

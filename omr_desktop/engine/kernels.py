@@ -1,14 +1,16 @@
-"""Load the compiled inner loops of measuring, if this install has them.
+"""Load the compiled inner loops of measuring and deciding, if installed.
 
 `omr_desktop/engine/_kernels.c` computes the field contrasts of the shift
 search and each bubble's sampled grey level without the per-template index
-arrays that the numpy code gathers through. Scores, shifts and fills are
-identical to the numpy path's, bit for bit; tests compare the two on demo,
-real sample and random templates.
+arrays that the numpy code gathers through, and each field's decision
+without some forty small numpy calls. Scores, shifts, fills and decisions
+are identical to the numpy path's, bit for bit; tests compare the two on
+demo, real sample and random templates.
 
 Installing the package (``pip install .`` or ``pip install -e .``) compiles
 the module with the machine's C compiler. Without a compiler the install
-still succeeds and the engine measures with numpy alone, which is slower.
+still succeeds and the engine measures and decides with numpy alone, which
+is slower.
 `compiled` is then None, and the first sheet measured logs a warning
 (pip itself shows the compiler's failure only with ``-v``). Setting the
 environment variable ``OMR_DISABLE_KERNELS=1`` also selects the numpy path,
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 DISABLE_VARIABLE = "OMR_DISABLE_KERNELS"
 # The version of _kernels.c these wrappers call. A module of another version
 # (an old build left next to newer sources) is not used.
-VERSION = 2
+VERSION = 3
 
 
 def _load() -> tuple[types.ModuleType | None, str]:
@@ -75,18 +77,18 @@ def report_numpy_path() -> None:
         logger.info("Measuring with numpy only: %s.", unavailable_reason)
     else:
         logger.warning(
-            "Measuring with numpy only, about 0.6 ms a sheet slower: %s.",
+            "Measuring with numpy only, about 1 ms a sheet slower: %s.",
             unavailable_reason,
         )
 
 
 @contextmanager
 def numpy_path() -> Iterator[None]:
-    """Measure with the numpy path inside the ``with`` block, in every thread.
+    """Measure and decide on the numpy path inside the ``with`` block.
 
     For benchmarks and tests that compare the two paths. The switch is
-    process-wide, so measuring that other threads do meanwhile also runs on
-    numpy.
+    process-wide, so what other threads measure and decide meanwhile also
+    runs on numpy.
     """
     global compiled
     saved = compiled

@@ -29,6 +29,7 @@ class FieldLayout:
             fills array, or 0 where ``valid`` is False.
         valid: (n_fields, max_bubbles) bool, False for padding.
         counts: (n_fields,) int, bubbles per field.
+        counts_int64: ``counts`` as int64, as the compiled kernels take it.
         field_block: (n_fields,) int, the block number of each field.
         bubble_block: (n_bubbles,) int, the block number of each bubble.
         boxes: (n_bubbles, 4) float64, x, y, width, height of each bubble.
@@ -38,6 +39,7 @@ class FieldLayout:
     index: npt.NDArray[np.intp]
     valid: npt.NDArray[np.bool_]
     counts: npt.NDArray[np.intp]
+    counts_int64: npt.NDArray[np.int64]
     field_block: npt.NDArray[np.intp]
     bubble_block: npt.NDArray[np.intp]
     boxes: npt.NDArray[np.float64]
@@ -65,6 +67,7 @@ def _build(template: Template) -> FieldLayout:
         index=index,
         valid=valid,
         counts=counts,
+        counts_int64=counts.astype(np.int64),
         field_block=field_block,
         bubble_block=np.repeat(field_block, counts),
         boxes=boxes,

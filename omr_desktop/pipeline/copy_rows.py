@@ -14,7 +14,6 @@ from the client encoding too.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import operator
 import struct
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from omr_desktop.engine import Answer, SheetReading
+from omr_desktop.engine import Answer, AnswerColumns, SheetReading
 
 # Columns of the answer staging table, in COPY order: the numbers of a row
 # are next to each other, so that one slice of a numpy buffer holds them.
@@ -58,37 +57,37 @@ def binary_copy(rows: bytes) -> bytes:
 def encode_answers(sheet_id: int, answers: Sequence[Answer]) -> bytes:
     """Return the binary COPY rows of one sheet's answers, in ANSWER_COLUMNS order.
 
-    Wrap rows with `binary_copy` before sending them. The numbers of all
-    rows (confidence and the fills array, with their length words) are
-    written into one big-endian numpy buffer per sheet layout; the texts
-    come from a cache of encoded fields. Each row is then one slice of
-    that buffer and four text fields, joined by one cached bytes format.
+    Wrap rows with `binary_copy` before sending them. A reading's answers
+    are encoded faster from its columns, with `encode_answer_columns`.
     """
-    if not answers:
+    return encode_answer_columns(sheet_id, AnswerColumns.from_answers(answers))
+
+
+def encode_answer_columns(sheet_id: int, columns: AnswerColumns) -> bytes:
+    """Return the binary COPY rows of one sheet's answer columns.
+
+    The same bytes as `encode_answers` of ``columns.answers()``. Wrap rows
+    with `binary_copy` before sending them. The numbers of all rows
+    (confidence and the fills array, with their length words) are written
+    into one big-endian numpy buffer per sheet layout; the texts come from
+    a cache of encoded fields. Each row is then one slice of that buffer
+    and four text fields, joined by one cached bytes format.
+    """
+    if not len(columns):
         return b""
-    # Answer is a named tuple, so zip turns the rows into columns in C.
-    questions, raws, corrected, confidences, reasons, reviews, fills, _ = zip(
-        *answers, strict=True
-    )
-    layout = _binary_layout(tuple(zip(questions, map(len, fills), strict=True)))
+    layout = _binary_layout(columns.questions, columns.fill_counts)
     words = layout.words.copy()
-    words[layout.confidence_at] = np.fromiter(
-        confidences, np.float32, len(answers)
-    ).view(np.uint32)
-    flat = np.fromiter(
-        itertools.chain.from_iterable(fills), np.float32, layout.fill_count
-    )
-    words[layout.fills_at] = flat.view(np.uint32)
+    words[layout.confidence_at] = columns.confidence.astype(np.float32).view(np.uint32)
+    words[layout.fills_at] = np.asarray(columns.fills, dtype=np.float32).view(np.uint32)
     numbers = words.astype(">u4").tobytes()
     head = _ROW_HEAD + sheet_id.to_bytes(8, "big", signed=True)
-    columns: list[bytes] = [head]
-    columns += [numbers[a:b] for a, b in layout.slices]
-    columns += _text_fields(raws)
-    columns += _text_fields(corrected)
-    columns += _text_fields(reasons)
-    columns += [_TRUE_FIELD if review else _FALSE_FIELD for review in reviews]
-    values: tuple[bytes, ...] = layout.row_order(columns)
-    return layout.format % values
+    values: list[bytes] = [head]
+    values += [numbers[a:b] for a, b in layout.slices]
+    values += _text_fields(columns.answer_raw)
+    values += _text_fields(columns.answer_corrected)
+    values += _text_fields(columns.reasons)
+    values += [_TRUE_FIELD if flag else _FALSE_FIELD for flag in columns.needs_review]
+    return layout.format % layout.row_order(values)
 
 
 # Every answer row starts with its field count and the sheet id's length.
@@ -125,8 +124,10 @@ class _BinaryLayout:
 
 
 @functools.lru_cache(maxsize=64)
-def _binary_layout(layout: tuple[tuple[str, int], ...]) -> _BinaryLayout:
-    n = len(layout)
+def _binary_layout(
+    questions: tuple[str, ...], fill_counts: tuple[int, ...]
+) -> _BinaryLayout:
+    n = len(questions)
     words: list[int] = []
     confidence_at: list[int] = []
     fills_at: list[int] = []
@@ -134,7 +135,8 @@ def _binary_layout(layout: tuple[tuple[str, int], ...]) -> _BinaryLayout:
     lines: list[bytes] = []
     order: list[int] = []
     raw, corrected, reason, review = 1 + n, 1 + 2 * n, 1 + 3 * n, 1 + 4 * n
-    for k, (question, fill_count) in enumerate(layout):
+    pairs = zip(questions, fill_counts, strict=True)
+    for k, (question, fill_count) in enumerate(pairs):
         start = len(words)
         # confidence_score: a 4-byte float4.
         words += [4, 0]

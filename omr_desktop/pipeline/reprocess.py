@@ -48,7 +48,11 @@ from omr_desktop.engine.image import load_sheet_for_measuring
 from omr_desktop.engine.profile import ProfileSettings, parse_profile_settings
 from omr_desktop.engine.reader import read_loaded_sheet
 from omr_desktop.pipeline import events as ev
-from omr_desktop.pipeline.copy_rows import binary_copy, encode_answers, encode_sheet
+from omr_desktop.pipeline.copy_rows import (
+    binary_copy,
+    encode_answer_columns,
+    encode_sheet,
+)
 from omr_desktop.pipeline.events import ProgressEvent, ProgressSink
 
 logger = logging.getLogger(__name__)
@@ -608,9 +612,9 @@ def _with_hash(reading: SheetReading, value: str) -> SheetReading:
 def _encode(sheet_id: int, reading: SheetReading) -> EncodedSheet:
     return EncodedSheet(
         sheet_id,
-        encode_answers(sheet_id, reading.answers),
+        encode_answer_columns(sheet_id, reading.columns),
         encode_sheet(sheet_id, reading),
-        len(reading.answers),
+        len(reading.columns),
     )
 
 

@@ -35,8 +35,8 @@ def reading(seed: int) -> SheetReading:
                 fills=tuple(float(f) for f in fills),
             )
         )
-    return SheetReading(
-        answers=tuple(answers),
+    return SheetReading.with_answers(
+        tuple(answers),
         identifiers={"roll": "0042", "naïve": "é"},
         blank_sheet=False,
         fills=rng.random(20, dtype=np.float32),

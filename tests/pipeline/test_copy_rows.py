@@ -157,8 +157,8 @@ def test_no_answers_give_no_rows() -> None:
 
 
 def test_sheet_row_byte_for_byte() -> None:
-    reading = SheetReading(
-        answers=(),
+    reading = SheetReading.with_answers(
+        (),
         identifiers={"roll": "12\t3"},
         blank_sheet=False,
         fills=np.array([0.25, -0.0, 0.1], dtype=np.float32),

@@ -1294,8 +1294,8 @@ def test_copy_rows_keep_awkward_text(db: psycopg.Connection) -> None:
 
 def test_copy_sheet_row_keeps_identifiers(db: psycopg.Connection) -> None:
     identifiers = {"roll\\no": "12\t34", "name": 'Zoë\nO\'Brien "Q" ✓', "empty": ""}
-    reading = SheetReading(
-        answers=(),
+    reading = SheetReading.with_answers(
+        (),
         identifiers=identifiers,
         blank_sheet=False,
         fills=np.array([0.25, 0.0, 0.999999], dtype=np.float32),
@@ -1349,7 +1349,9 @@ def test_staged_sheet_fills_are_not_compressed(db: psycopg.Connection) -> None:
     # sheet, so the staging table stores them uncompressed. These fills
     # repeat as blank bubbles do, so PostgreSQL would compress them.
     fills = np.tile(np.array([0.02, 0.03, 0.9, 0.01, 0.02], np.float32), 170)
-    reading = SheetReading(answers=(), identifiers={}, blank_sheet=False, fills=fills)
+    reading = SheetReading.with_answers(
+        (), identifiers={}, blank_sheet=False, fills=fills
+    )
     with db.transaction(force_rollback=True):
         reprocess_store.create_staging(db)
         reprocess_store.copy_chunk(
