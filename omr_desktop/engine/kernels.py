@@ -77,7 +77,7 @@ def report_numpy_path() -> None:
         logger.info("Measuring with numpy only: %s.", unavailable_reason)
     else:
         logger.warning(
-            "Measuring with numpy only, about 1 ms a sheet slower: %s.",
+            "Measuring with numpy only, about 0.9 ms a sheet slower: %s.",
             unavailable_reason,
         )
 

@@ -522,5 +522,5 @@ def test_numpy_path_is_logged_once(
         measure_fills(image, demo, MeasurementSettings())
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
-        "Measuring with numpy only, about 1 ms a sheet slower: no compiler."
+        "Measuring with numpy only, about 0.9 ms a sheet slower: no compiler."
     ]
