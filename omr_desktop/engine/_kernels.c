@@ -551,8 +551,13 @@ enum {
  *     decide._decide_fields, or 6 when none is true.
  *
  * Returns True, or False without computing anything when a fill is not
- * finite or is -0.0: the numpy path then decides, with numpy's handling of
- * NaN and of the sign of zero. Measured fills are never either.
+ * finite or is -0.0, when the background is not finite, when a setting is
+ * not finite or when a band is not positive. The numpy path then decides,
+ * with numpy's handling of NaN and of the sign of zero. Otherwise no NaN
+ * or infinity arises: the kernel matched numpy's NaN signs element by
+ * element, but numpy's reduction over a single field returns a NaN of
+ * another sign. Measured fills, and the settings that
+ * parse_profile_settings accepts, never fall back.
  *
  * The GIL is held throughout: the work takes microseconds.
  */
@@ -628,12 +633,18 @@ static PyObject *decide_fields(PyObject *self, PyObject *args)
                      total, n_bubbles);
         goto done;
     }
-    for (Py_ssize_t b = 0; b < n_bubbles; b++) {
-        if (!isfinite(fills[b]) || (fills[b] == 0.0f && signbit(fills[b]))) {
-            Py_INCREF(Py_False);
-            result = Py_False;
-            goto done;
-        }
+    int usual = isfinite(background) && isfinite(background + margin) &&
+                d[UNCERTAIN_BELOW] > 0.0 && d[UNCERTAIN_ABOVE] > 0.0;
+    for (int i = 0; i < N_SETTINGS; i++) {
+        usual = usual && isfinite(d[i]);
+    }
+    for (Py_ssize_t b = 0; b < n_bubbles && usual; b++) {
+        usual = isfinite(fills[b]) && !(fills[b] == 0.0f && signbit(fills[b]));
+    }
+    if (!usual) {
+        Py_INCREF(Py_False);
+        result = Py_False;
+        goto done;
     }
 
     uint8_t *marked = marked_view.buf;

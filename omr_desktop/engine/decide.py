@@ -237,7 +237,9 @@ class SheetReading:
     def with_answers(cls, answers: Sequence[Answer], **values: Any) -> SheetReading:
         """Return a reading of ``answers`` and the other attributes in ``values``.
 
-        ``answers`` comes back unchanged from `answers`.
+        ``answers`` comes back unchanged from `answers`. A copy made with
+        `dataclasses.replace` builds its answers again from the columns,
+        so its fills are the float32 values, as the database stores them.
         """
         reading = cls(columns=AnswerColumns.from_answers(answers), **values)
         object.__setattr__(reading, "_answers", tuple(answers))
@@ -379,8 +381,9 @@ def _compiled_decisions(
 ) -> _FieldDecisions | None:
     """Return what `_decide_fields` returns, computed by the compiled kernel.
 
-    None when the install has no kernels, or when a fill is NaN, infinite
-    or -0.0 (stored fills from elsewhere): the numpy path then decides. On
+    None when the install has no kernels, or for inputs that would give
+    NaN or infinity on the way (see ``decide_fields`` in ``_kernels.c``):
+    the numpy path then decides. On
     the 160 fields of a demo sheet (one thread, warm caches) this took
     about 30 us, against about 250 us for the numpy calls.
     """
@@ -551,6 +554,12 @@ def _answer_columns(
         return AnswerColumns.from_answers(_answers(plan, columns))
     # Every column is one field: pick the fields' values in column order.
     pick = single.pick
+    picked_fills = fills[plan.question_fill_index]
+    if np.isnan(picked_fills).any():
+        # An Answer holds Python floats, and the trip through float64 quiets
+        # a signalling NaN. The columns do the same, so that they encode as
+        # the answers do.
+        picked_fills = picked_fills.astype(np.float64).astype(np.float32)
     return AnswerColumns(
         questions=plan.question_names,
         answer_raw=cast(tuple[str, ...], pick(raws)),
@@ -558,7 +567,7 @@ def _answer_columns(
         confidence=fd.confidence[single.index],
         reasons=cast(tuple[str, ...], pick(fd.reason.tolist())),
         needs_review=cast(tuple[bool, ...], pick(review.tolist())),
-        fills=fills[plan.question_fill_index],
+        fills=picked_fills,
         fill_counts=plan.question_fill_counts,
         empty_values=plan.question_empties,
     )
