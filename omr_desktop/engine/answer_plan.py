@@ -79,10 +79,11 @@ class AnswerPlan:
         question_empties: Each question column's empty value.
         single_fields: The field of each question column, as an index
             array and as a function that picks those items of a per-field
-            sequence into a tuple; None when some column joins several
+            sequence into a tuple. None when some column joins several
             fields.
         question_fill_index: Indices in the fills array of every question
-            column's fills, column after column; None with ``single_fields``.
+            column's fills, column after column. None when
+            ``single_fields`` is None.
     """
 
     n_bubbles: int
@@ -109,8 +110,8 @@ class SingleFields:
 
     Attributes:
         index: intp (n_question_columns,), each column's field.
-        pick: Returns the items of a per-field sequence at ``index``, as a
-            tuple, in C (`operator.itemgetter`).
+        pick: A function that returns the items of a per-field sequence
+            at ``index`` as a tuple, in C (`operator.itemgetter`).
     """
 
     index: npt.NDArray[np.intp]

@@ -4,8 +4,8 @@
 search and each bubble's sampled grey level without the per-template index
 arrays that the numpy code gathers through, and each field's decision
 without some forty small numpy calls. Scores, shifts, fills and decisions
-are identical to the numpy path's, bit for bit; tests compare the two on
-demo, real sample and random templates.
+are identical to the numpy path's, bit for bit, and tests compare the two
+on demo, real sample and random templates.
 
 Installing the package (``pip install .`` or ``pip install -e .``) compiles
 the module with the machine's C compiler. Without a compiler the install

@@ -138,8 +138,8 @@ def test_field_decisions_match_numpy(demo: Template) -> None:
 
 @pytest.mark.parametrize("unusual", [np.nan, -np.nan, np.inf, -np.inf, -0.0], ids=str)
 def test_unusual_fills_fall_back_to_numpy(demo: Template, unusual: float) -> None:
-    # Stored fills from elsewhere may hold values a measurement never gives;
-    # numpy's own handling of them then decides.
+    # Stored fills from elsewhere may hold values a measurement never gives,
+    # and numpy's own handling of them then decides.
     fills = np.random.default_rng(3).random(demo.n_bubbles).astype(np.float32)
     fills[17] = unusual
     layout = field_layout(demo)
@@ -209,7 +209,7 @@ def test_infinite_background_falls_back_to_numpy() -> None:
     ],
     ids=["zero band", "negative band", "NaN threshold", "infinite jump"],
 )
-def test_unusual_settings_fall_back_on_one_field(settings: DecisionSettings) -> None:
+def test_unusual_settings_fall_back_to_numpy(settings: DecisionSettings) -> None:
     # numpy's reduction over a single field returns a NaN of another sign
     # than its element-by-element minimum, so such settings go to numpy.
     template = _one_question("ABCD")
@@ -257,8 +257,8 @@ def _assert_same_reading(reading: SheetReading, reference: SheetReading) -> None
     ("sample", "path"), _sample_pages(), ids=lambda v: getattr(v, "name", v)
 )
 def test_real_sample_readings_match_numpy(sample: str, path: Path) -> None:
-    # Real templates join fields into one column (customLabels), have
-    # identifier columns and fields of one or two bubbles.
+    # Real templates join digit fields into identifier columns (customLabels)
+    # and have fields of one or two bubbles.
     template = load_template(SAMPLES_DIR / sample / "template.json")
     image = load_sheet_for_measuring(path, template)
     for profile in BUILTIN_PROFILES.values():
@@ -375,7 +375,7 @@ def test_reading_with_answers_keeps_them(demo: Template) -> None:
 
 def test_joined_columns_encode_like_their_answers() -> None:
     # A column joined from several fields (customLabels) takes the path that
-    # builds answers first; its columns must encode like its answers.
+    # builds answers first. Its columns must encode like its answers.
     template = load_template(
         {
             "pageDimensions": [300, 300],
