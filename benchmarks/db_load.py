@@ -116,13 +116,13 @@ def reprocess_once(conninfo: str, sheet_ids: list[int], every: int) -> dict[str,
         conn.commit()
         started = time.perf_counter()
         reprocess_store.lock_sheets(conn, sheet_ids)
-        reprocess_store.create_staging(conn)
+        staging = reprocess_store.create_staging(conn)
         # One COPY of every row; the pipeline sends the same bytes in chunks
         # of 64 sheets, a round trip each.
-        reprocess_store.copy_chunk(conn, answers, sheets)
+        reprocess_store.copy_chunk(conn, staging, answers, sheets)
         times["lock + COPY"] = time.perf_counter() - started
         step = time.perf_counter()
-        reprocess_store.apply_changes(conn, task_id, True, staged)
+        reprocess_store.apply_changes(conn, staging, task_id, True, staged)
         times["history + UPDATE"] = time.perf_counter() - step
         step = time.perf_counter()
         conn.execute("CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", (sheet_ids,))

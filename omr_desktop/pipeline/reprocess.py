@@ -140,6 +140,7 @@ class _Run:
     answers_written: int = 0
     copy_bytes: int = 0
     db_seconds: float = 0.0
+    staging: reprocess_store.Staging | None = None
     _last_emit: float = 0.0
 
     def emit(
@@ -349,7 +350,7 @@ def run_reprocess(
         conn.commit()
         with conn.transaction():
             jobs, settings = _load_sheets(conn, run)
-            reprocess_store.create_staging(conn)
+            run.staging = reprocess_store.create_staging(conn)
             _process_sheets(conn, run, jobs, settings, source)
             _collect_results(run)
             counts = _load_to_database(conn, run)
@@ -680,7 +681,8 @@ def _send(conn: psycopg.Connection, run: _Run, chunk: list[EncodedSheet]) -> Non
     answers = binary_copy(b"".join(e.answers for e in chunk))
     sheets = binary_copy(b"".join(e.sheet for e in chunk))
     started = time.monotonic()
-    reprocess_store.copy_chunk(conn, answers, sheets)
+    assert run.staging is not None
+    reprocess_store.copy_chunk(conn, run.staging, answers, sheets)
     run.db_seconds += time.monotonic() - started
     run.copy_bytes += len(answers) + len(sheets)
 
@@ -716,8 +718,9 @@ def _load_to_database(
         0,
     )
     started = time.monotonic()
+    assert run.staging is not None
     counts = reprocess_store.apply_changes(
-        conn, run.task_id, run.request.keep_manual, run.answers_written
+        conn, run.staging, run.task_id, run.request.keep_manual, run.answers_written
     )
     elapsed = time.monotonic() - started
     run.db_seconds += elapsed

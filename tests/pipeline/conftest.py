@@ -34,6 +34,9 @@ WRITTEN_TABLES = {
     "answer_history": "SELECT t::text FROM answer_history t"
     " ORDER BY task_id, sheet_id, question",
     "sheet_history": "SELECT t::text FROM sheet_history t ORDER BY task_id, sheet_id",
+    # A task's unlogged staging table must not outlive its transaction.
+    "staging tables": "SELECT relname::text FROM pg_class"
+    " WHERE relname LIKE 'reprocess\\_answers\\_%' ORDER BY 1",
 }
 
 

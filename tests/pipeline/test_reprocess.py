@@ -465,6 +465,134 @@ def test_sheet_without_answers_gets_them_inserted(
     )
 
 
+# -- Staging ------------------------------------------------------------------------
+
+
+class StagingSpy:
+    """Record the staging tables that ``create_staging`` makes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.made: list[reprocess_store.Staging] = []
+        create = reprocess_store.create_staging
+
+        def spy(conn: psycopg.Connection) -> reprocess_store.Staging:
+            staging = create(conn)
+            self.made.append(staging)
+            return staging
+
+        monkeypatch.setattr(reprocess_store, "create_staging", spy)
+
+
+def test_both_staging_kinds_write_the_same_rows(
+    manager: TaskManager,
+    database: Database,
+    db: psycopg.Connection,
+    demo_sheet_ids: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from omr_desktop.db.history_store import undo_task
+
+    spy = StagingSpy(monkeypatch)
+    request = ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE)
+    # processed_at and scored_at tell the two runs apart.
+    sheets = "SELECT id, status, score, fills, identifiers FROM sheets ORDER BY id"
+    timing = {"duration_s", "database_s", "stage_s"}
+
+    def written(task_id: str) -> tuple[Any, ...]:
+        tables = snapshot_tables(db)
+        result = task_row(database, task_id).result
+        return (
+            tables["omr_answers"],
+            tables["sheet_flags"],
+            tables["staging tables"],
+            db.execute(sheets).fetchall(),
+            {k: v for k, v in result.items() if k not in timing},
+        )
+
+    # Without parallel workers the answers are staged in a temporary table.
+    db.execute(
+        sql.SQL("ALTER DATABASE {} SET max_parallel_workers_per_gather = 0").format(
+            sql.Identifier(db.info.dbname)
+        )
+    )
+    first = run_task(manager, request)
+    by_temporary = written(first)
+    with database.connect() as conn:
+        undo_task(conn, first)
+    db.execute(
+        sql.SQL("ALTER DATABASE {} RESET max_parallel_workers_per_gather").format(
+            sql.Identifier(db.info.dbname)
+        )
+    )
+    second = run_task(manager, request)
+    by_unlogged = written(second)
+
+    assert [s.shared for s in spy.made] == [False, True]
+    assert by_unlogged[4]["answers_changed"] > 0
+    assert by_unlogged[2] == []
+    assert by_temporary == by_unlogged
+
+
+def test_refused_create_stages_in_temporary_table(db: psycopg.Connection) -> None:
+    # A role that may not create tables in its schema, as on a server
+    # shared with other applications.
+    role = f"omr_limited_{RUN_ID}_{uuid.uuid4().hex[:8]}"
+    with db.transaction(force_rollback=True):
+        db.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+        db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(role)))
+        db.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {0} TO {0}").format(sql.Identifier(role))
+        )
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        db.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(role)))
+
+        staging = reprocess_store.create_staging(db)
+
+        assert not staging.shared
+        # The refused CREATE was rolled back to its savepoint: the
+        # transaction goes on.
+        db.execute(
+            sql.SQL(
+                "INSERT INTO {} SELECT 1, 'q1', 1, 'A', 'A', 0.9, '{{0.9}}',"
+                " 'clear', false"
+            ).format(staging.answers)
+        )
+
+
+def test_large_staging_join_is_planned_for_parallel_workers(
+    db: psycopg.Connection,
+) -> None:
+    rows = 100_000
+    with db.transaction(force_rollback=True):
+        staging = reprocess_store.create_staging(db)
+        assert staging.shared
+        db.execute(
+            sql.SQL(
+                "INSERT INTO {} SELECT n / 150, 'q' || n %% 150, n %% 150, 'A', 'A',"
+                " 0.9, '{{0.9,0.1,0.1,0.1,0.1}}', 'clear', false"
+                " FROM generate_series(1, %s) n"
+            ).format(staging.answers),
+            (rows,),
+        )
+        statement = reprocess_store._changes_statement(staging, True)
+
+        def plan(staged: int) -> str:
+            settings = reprocess_store._join_settings(staging, staged)
+            with reprocess_store._local_settings(db, settings):
+                lines = db.execute(sql.SQL("EXPLAIN {}").format(statement))
+                return "\n".join(str(r[0]) for r in lines)
+
+        # Under the default costs the planner keeps the join on one
+        # process for a staging table it has never analysed.
+        assert "Gather" not in plan(0)
+        assert "Gather" in plan(rows)
+        # The settings last only as long as the statement.
+        assert "Gather" not in plan(0)
+        found = reprocess_store._find_changes(db, staging, True, rows)
+
+    assert found.missing == rows
+
+
 # -- Failures that must leave the database as it was ----------------------------------
 
 
@@ -1353,9 +1481,9 @@ def test_staged_sheet_fills_are_not_compressed(db: psycopg.Connection) -> None:
         (), identifiers={}, blank_sheet=False, fills=fills
     )
     with db.transaction(force_rollback=True):
-        reprocess_store.create_staging(db)
+        staging = reprocess_store.create_staging(db)
         reprocess_store.copy_chunk(
-            db, binary_copy(b""), binary_copy(encode_sheet(4, reading))
+            db, staging, binary_copy(b""), binary_copy(encode_sheet(4, reading))
         )
         stored = db.execute(
             "SELECT fills, pg_column_compression(fills), pg_column_size(fills)"
@@ -1607,7 +1735,7 @@ def test_copy_rows_survive_latin1_database(latin1_conninfo: str) -> None:
     assert stored == ("Zoë",)
 
 
-def test_answer_changed_without_lock_is_kept_in_history(
+def test_answer_changed_without_lock_fails_the_task(
     manager: TaskManager,
     event_log: EventLog,
     database: Database,
@@ -1617,7 +1745,6 @@ def test_answer_changed_without_lock_is_kept_in_history(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from omr_desktop.db import reprocess_store
-    from omr_desktop.db.history_store import undo_task
 
     update_answers = reprocess_store._update_answers
     sheet_id = demo_sheet_ids[0]
@@ -1625,18 +1752,16 @@ def test_answer_changed_without_lock_is_kept_in_history(
         "SELECT question FROM omr_answers WHERE sheet_id = %s ORDER BY question LIMIT 1"
     )
 
-    def change_one_answer_then_update(
-        conn: psycopg.Connection, task_id: str, keep_manual: bool
-    ) -> tuple[int, int, int]:
+    def change_one_answer_then_update(*args: Any) -> Any:
         # A writer that does not lock the sheet row commits a change to an
-        # answer the task has already read, just before the task writes it.
+        # answer the task has found changed, just before the task writes it.
         with psycopg.connect(db_conninfo, autocommit=True) as other:
             other.execute(
                 "UPDATE omr_answers SET reason = 'erased' WHERE (sheet_id, question)"
                 f" = (%s, ({first_question}))",
                 (sheet_id, sheet_id),
             )
-        return update_answers(conn, task_id, keep_manual)
+        return update_answers(*args)
 
     monkeypatch.setattr(
         reprocess_store, "_update_answers", change_one_answer_then_update
@@ -1648,23 +1773,25 @@ def test_answer_changed_without_lock_is_kept_in_history(
     )
     question = db.execute(first_question, (sheet_id,)).fetchone()
     assert question is not None
+    before = answers_by_key(db)
 
     task_id = run_task(manager, ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE))
 
-    assert event_log.of(task_id)[-1].status == "SUCCESS"
-    # The history holds the other writer's value, not the one the task read
-    # before it, so undo loses nothing.
-    recorded = db.execute(
-        "SELECT answer_raw, reason FROM answer_history"
-        " WHERE task_id = %s AND sheet_id = %s AND question = %s",
-        (task_id, sheet_id, question[0]),
+    # The task wrote nothing: the other writer's value is the only change,
+    # and it was not overwritten with the value the task computed from the
+    # row it had read.
+    assert event_log.of(task_id)[-1].status == "FAILURE"
+    error = task_row(database, task_id).error
+    assert error is not None
+    assert "1 of the" in error
+    assert "changed by another connection" in error
+    after = answers_by_key(db)
+    key = (sheet_id, question[0])
+    assert (after[key][0], after[key][4]) == ("Z", "erased")
+    assert {k: v for k, v in after.items() if k != key} == {
+        k: v for k, v in before.items() if k != key
+    }
+    history = db.execute(
+        "SELECT count(*) FROM answer_history WHERE task_id = %s", (task_id,)
     ).fetchone()
-    assert recorded == ("Z", "erased")
-    with database.connect() as conn:
-        undo_task(conn, task_id)
-    restored = db.execute(
-        "SELECT answer_raw, reason FROM omr_answers"
-        " WHERE sheet_id = %s AND question = %s",
-        (sheet_id, question[0]),
-    ).fetchone()
-    assert restored == ("Z", "erased")
+    assert history == (0,)
