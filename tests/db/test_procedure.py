@@ -239,10 +239,8 @@ def test_procedure_resolves_under_both_spellings(
     assert row == (1,)
 
 
-def test_one_pass_procedure_matches_two_pass_version(
-    db: psycopg.Connection, keyed_batch: int
-) -> None:
-    """The one-pass version (migration 0006) scores and flags as 0002 did."""
+def add_random_sheets(db: psycopg.Connection, keyed_batch: int) -> list[int]:
+    """Add 60 sheets of random answers to the batch and one to a batch without key."""
     rng = random.Random(6)
     reasons = ["clear", "light_mark", "multi_mark", "near_threshold", "erased", "blank"]
     sheet_ids = []
@@ -263,31 +261,75 @@ def test_one_pass_procedure_matches_two_pass_version(
         sheet_ids.append(add_sheet(db, keyed_batch, n + 1, answers))
     unkeyed = add_batch(db, "no key", add_template(db, "t2"), None)
     sheet_ids.append(add_sheet(db, unkeyed, 1, [A("q1", "B")]))
-    two_pass = (MIGRATIONS / "0002_reprocess_sheet_surgical.sql").read_text()
-    db.execute(
-        two_pass.replace(
-            "CREATE PROCEDURE reprocess_sheet_surgical(",
-            "CREATE PROCEDURE two_pass_surgical(",
-        )
-    )
+    return sheet_ids
 
-    def outcome() -> tuple[list[Any], list[Any]]:
-        scores = db.execute(
-            "SELECT id, score FROM sheets WHERE id = ANY(%s) ORDER BY id", (sheet_ids,)
-        ).fetchall()
-        flags = db.execute(
-            "SELECT sheet_id, flag, count FROM sheet_flags"
-            " WHERE sheet_id = ANY(%s) ORDER BY 1, 2",
-            (sheet_ids,),
-        ).fetchall()
-        return scores, flags
 
-    db.execute("CALL two_pass_surgical(%s::bigint[], NULL)", (sheet_ids,))
-    expected = outcome()
+def add_procedure_version(db: psycopg.Connection, migration: str, name: str) -> None:
+    """Create the procedure as ``migration`` defined it, under ``name``."""
+    text = (MIGRATIONS / migration).read_text()
+    for create in ("CREATE PROCEDURE", "CREATE OR REPLACE PROCEDURE"):
+        text = text.replace(f"{create} reprocess_sheet_surgical(", f"{create} {name}(")
+    db.execute(text)
+
+
+def outcome(
+    db: psycopg.Connection, sheet_ids: list[int]
+) -> tuple[list[Any], list[Any]]:
+    """Return the sheets' scores and flags, and clear them."""
+    scores = db.execute(
+        "SELECT id, score FROM sheets WHERE id = ANY(%s) ORDER BY id", (sheet_ids,)
+    ).fetchall()
+    flags = db.execute(
+        "SELECT sheet_id, flag, count FROM sheet_flags"
+        " WHERE sheet_id = ANY(%s) ORDER BY 1, 2",
+        (sheet_ids,),
+    ).fetchall()
     db.execute("UPDATE sheets SET score = NULL WHERE id = ANY(%s)", (sheet_ids,))
     db.execute("DELETE FROM sheet_flags WHERE sheet_id = ANY(%s)", (sheet_ids,))
+    return scores, flags
 
-    assert rescore(db, sheet_ids) == len(sheet_ids)
-    assert outcome() == expected
+
+def test_one_pass_procedure_matches_two_pass_version(
+    db: psycopg.Connection, keyed_batch: int
+) -> None:
+    """The one-pass version (migration 0006) scores and flags as 0002 did."""
+    sheet_ids = add_random_sheets(db, keyed_batch)
+    add_procedure_version(db, "0002_reprocess_sheet_surgical.sql", "two_pass_surgical")
+
+    db.execute("CALL two_pass_surgical(%s::bigint[], NULL)", (sheet_ids,))
+    expected = outcome(db, sheet_ids)
+    add_procedure_version(db, "0006_one_pass_rescore.sql", "one_pass_surgical")
+    db.execute("CALL one_pass_surgical(%s::bigint[], NULL)", (sheet_ids,))
+
+    assert outcome(db, sheet_ids) == expected
+    assert any(score is not None for _id, score in expected[0])
+    assert expected[1]
+
+
+@pytest.mark.parametrize("analysed", [False, True])
+def test_totals_table_matches_one_pass_version(
+    db: psycopg.Connection, keyed_batch: int, analysed: bool
+) -> None:
+    """The current version scores and flags as 0006 did, on either plan.
+
+    Once ``sheets`` is analysed, its statistics count the 61 sheets, so
+    rescoring all of them takes the parallel plan.
+    """
+    sheet_ids = add_random_sheets(db, keyed_batch)
+    if analysed:
+        db.execute("ANALYZE sheets")
+    add_procedure_version(db, "0006_one_pass_rescore.sql", "one_pass_surgical")
+    db.execute("CALL one_pass_surgical(%s::bigint[], NULL)", (sheet_ids,))
+    expected = outcome(db, sheet_ids)
+    settings = "SELECT current_setting('enable_indexscan')"
+
+    with db.transaction():
+        # Twice in one transaction: the second call replaces the first one's
+        # temporary table.
+        assert rescore(db, sheet_ids) == len(sheet_ids)
+        assert rescore(db, sheet_ids) == len(sheet_ids)
+        assert db.execute(settings).fetchone() == ("on",)
+
+    assert outcome(db, sheet_ids) == expected
     assert any(score is not None for _id, score in expected[0])
     assert expected[1]
