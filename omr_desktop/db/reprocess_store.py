@@ -281,7 +281,7 @@ def apply_changes(
     took 1.2-1.5 s. The join on two processes takes 0.5-0.65 s, and the
     UPDATE by ctid 0.4-0.5 s. When every answer changes, the temporary
     table holds every row, so the two take 0.3-0.5 s longer than the one
-    UPDATE (3.9-4.1 s against 3.3-3.6 s).
+    UPDATE (3.8-4.1 s against 3.3-3.4 s).
 
     Raises:
         ConcurrentChangeError: a stored answer changed between the two
