@@ -203,10 +203,13 @@ _ANSWER_STAGING_COLUMNS = (
 
 
 def _create_answer_staging(conn: psycopg.Connection) -> Staging:
+    # A search_path that starts with pg_temp makes the session's temporary
+    # schema the current one, where only temporary tables may be created.
     row = conn.execute(
         "SELECT current_schema(),"
         " least(current_setting('max_parallel_workers_per_gather')::int,"
         "       current_setting('max_parallel_workers')::int)"
+        " * (current_schema() NOT LIKE 'pg\\_temp\\_%')::int"
     ).fetchone()
     if row is not None and row[0] is not None and int(row[1]) > 0:
         # A random name: tasks of other processes stage at the same time.

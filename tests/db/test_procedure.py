@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import uuid
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.db.builders import (
     AnswerRow,
@@ -333,3 +335,34 @@ def test_totals_table_matches_one_pass_version(
     assert outcome(db, sheet_ids) == expected
     assert any(score is not None for _id, score in expected[0])
     assert expected[1]
+
+
+def test_role_without_temp_privilege_still_rescores(
+    db: psycopg.Connection, keyed_batch: int
+) -> None:
+    """Without TEMP the procedure keeps the totals in the statement."""
+    sheet_ids = add_random_sheets(db, keyed_batch)
+    db.execute("ANALYZE sheets")
+    add_procedure_version(db, "0006_one_pass_rescore.sql", "one_pass_surgical")
+    db.execute("CALL one_pass_surgical(%s::bigint[], NULL)", (sheet_ids,))
+    expected = outcome(db, sheet_ids)
+    role = sql.Identifier(f"omr_no_temp_{uuid.uuid4().hex[:12]}")
+    database = sql.Identifier(db.info.dbname)
+
+    with db.transaction(force_rollback=True):
+        db.execute(sql.SQL("CREATE ROLE {}").format(role))
+        db.execute(
+            sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(database)
+        )
+        db.execute(
+            sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}").format(role)
+        )
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
+        temporary = "SELECT has_database_privilege(current_database(), 'TEMPORARY')"
+        assert db.execute(temporary).fetchone() == (False,)
+
+        assert rescore(db, sheet_ids) == len(sheet_ids)
+        assert rescore(db, sheet_ids[:1]) == 1
+        got = outcome(db, sheet_ids)
+
+    assert got == expected

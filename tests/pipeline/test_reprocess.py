@@ -559,6 +559,19 @@ def test_refused_create_stages_in_temporary_table(db: psycopg.Connection) -> Non
         )
 
 
+def test_temporary_search_path_stages_in_temporary_table(
+    db: psycopg.Connection,
+) -> None:
+    # With pg_temp first in the search path, the current schema takes only
+    # temporary tables.
+    with db.transaction(force_rollback=True):
+        db.execute("SET LOCAL search_path = pg_temp, public")
+
+        staging = reprocess_store.create_staging(db)
+
+        assert not staging.shared
+
+
 def test_large_staging_join_is_planned_for_parallel_workers(
     db: psycopg.Connection,
 ) -> None:
