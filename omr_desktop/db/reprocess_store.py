@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -172,7 +172,7 @@ def create_staging(conn: psycopg.Connection) -> Staging:
 
     The answers go to an unlogged table when the server runs parallel
     workers and the role may create tables: parallel workers cannot read a
-    temporary table. Otherwise, and when the CREATE is refused, they go to
+    temporary table. Otherwise, and when the CREATE is rejected, they go to
     a temporary table as the sheets do.
     """
     answers = _create_answer_staging(conn)
@@ -429,33 +429,24 @@ def _local_settings(
         yield
         return
     names = list(settings)
-    before = conn.execute(
-        sql.SQL("SELECT {}").format(
-            sql.SQL(", ").join(
-                sql.SQL("current_setting({})").format(sql.Literal(n)) for n in names
-            )
-        )
+    row = conn.execute(
+        "SELECT array_agg(current_setting(n)) FROM unnest(%s::text[]) n", (names,)
     ).fetchone()
-    assert before is not None
-
-    def apply(values: Sequence[str]) -> None:
-        conn.execute(
-            sql.SQL("SELECT {}").format(
-                sql.SQL(", ").join(
-                    sql.SQL("set_config({}, {}, true)").format(
-                        sql.Literal(n), sql.Literal(v)
-                    )
-                    for n, v in zip(names, values, strict=True)
-                )
-            )
-        )
-
-    apply([settings[n] for n in names])
+    assert row is not None
+    before: list[str] = row[0]
+    _set_local(conn, names, [settings[n] for n in names])
     try:
         yield
     finally:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
-            apply([str(v) for v in before])
+            _set_local(conn, names, before)
+
+
+def _set_local(conn: psycopg.Connection, names: list[str], values: list[str]) -> None:
+    conn.execute(
+        "SELECT set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) AS t (n, v)",
+        (names, values),
+    )
 
 
 # The UPDATE reads each changed row by its ctid, in a nested loop. The

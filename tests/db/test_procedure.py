@@ -337,7 +337,7 @@ def test_totals_table_matches_one_pass_version(
     assert expected[1]
 
 
-def test_role_without_temp_privilege_still_rescores(
+def test_role_without_temp_still_rescores(
     db: psycopg.Connection, keyed_batch: int
 ) -> None:
     """Without TEMP the procedure keeps the totals in the statement."""

@@ -533,7 +533,7 @@ def test_both_staging_kinds_write_the_same_rows(
     assert by_temporary == by_unlogged
 
 
-def test_refused_create_stages_in_temporary_table(db: psycopg.Connection) -> None:
+def test_rejected_create_stages_in_temporary_table(db: psycopg.Connection) -> None:
     # A role that may not create tables in its schema, as on a server
     # shared with other applications.
     role = f"omr_limited_{RUN_ID}_{uuid.uuid4().hex[:8]}"
@@ -549,7 +549,7 @@ def test_refused_create_stages_in_temporary_table(db: psycopg.Connection) -> Non
         staging = reprocess_store.create_staging(db)
 
         assert not staging.shared
-        # The refused CREATE was rolled back to its savepoint: the
+        # The rejected CREATE was rolled back to its savepoint: the
         # transaction goes on.
         db.execute(
             sql.SQL(
@@ -572,7 +572,7 @@ def test_temporary_search_path_stages_in_temporary_table(
         assert not staging.shared
 
 
-def test_large_staging_join_is_planned_for_parallel_workers(
+def test_large_join_planned_for_workers(
     db: psycopg.Connection,
 ) -> None:
     rows = 100_000
@@ -1748,7 +1748,7 @@ def test_copy_rows_survive_latin1_database(latin1_conninfo: str) -> None:
     assert stored == ("Zoë",)
 
 
-def test_answer_changed_without_lock_fails_the_task(
+def test_unlocked_change_fails_task(
     manager: TaskManager,
     event_log: EventLog,
     database: Database,
