@@ -86,6 +86,19 @@ def answers_by_key(
     return {(int(r[0]), str(r[1])): tuple(r[2:]) for r in rows}
 
 
+@pytest.fixture(params=["by-ctid", "joined"])
+def write_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Write the answers one way or the other, whatever the changed share.
+
+    A demo reprocess stages a few hundred rows, far below the size at
+    which ``apply_changes`` samples them to choose.
+    """
+    monkeypatch.setattr(reprocess_store, "_SAMPLE_FROM_ROWS", 0)
+    share = 0.0 if request.param == "joined" else 2.0
+    monkeypatch.setattr(reprocess_store, "_JOINED_FROM_SHARE", share)
+    return str(request.param)
+
+
 def run_task(manager: TaskManager, request: ReprocessRequest) -> str:
     task_id = manager.submit(request)
     assert manager.wait(task_id, TASK_TIMEOUT_S), f"task {task_id} did not end"
@@ -230,7 +243,10 @@ def test_sensitive_profile_reads_light_marks(
 
 
 def test_history_holds_every_changed_answer(
-    manager: TaskManager, db: psycopg.Connection, demo_sheet_ids: list[int]
+    manager: TaskManager,
+    db: psycopg.Connection,
+    demo_sheet_ids: list[int],
+    write_way: str,
 ) -> None:
     answers_before = answers_by_key(db)
     sheets_before = {
@@ -274,6 +290,7 @@ def test_task_result_counts_the_changes(
     database: Database,
     db: psycopg.Connection,
     demo_sheet_ids: list[int],
+    write_way: str,
 ) -> None:
     scores_before = dict(db.execute("SELECT id, score FROM sheets").fetchall())
     answers_before = answers_by_key(db)
@@ -385,6 +402,7 @@ def test_same_reading_again_writes_nothing(
     db: psycopg.Connection,
     demo_sheet_ids: list[int],
     profile_id: int,
+    write_way: str,
 ) -> None:
     # The demo is read with profile 1 when it is seeded, so with profile 1
     # even the first reprocess reads what is stored.
@@ -407,6 +425,7 @@ def test_missing_answer_row_is_inserted_again(
     database: Database,
     db: psycopg.Connection,
     demo_sheet_ids: list[int],
+    write_way: str,
 ) -> None:
     from omr_desktop.db.history_store import undo_task
 
@@ -438,6 +457,7 @@ def test_sheet_without_answers_gets_them_inserted(
     database: Database,
     db: psycopg.Connection,
     demo_sheet_ids: list[int],
+    write_way: str,
 ) -> None:
     sheet_id = demo_sheet_ids[0]
     db.execute("DELETE FROM omr_answers WHERE sheet_id = %s", (sheet_id,))
@@ -483,6 +503,28 @@ class StagingSpy:
         monkeypatch.setattr(reprocess_store, "create_staging", spy)
 
 
+def task_writes(
+    database: Database, db: psycopg.Connection, task_id: str
+) -> tuple[Any, ...]:
+    """Return what a task left: answers, flags, staging tables, sheets, result.
+
+    Without what tells two runs apart: processed_at, scored_at and timings.
+    """
+    tables = snapshot_tables(db)
+    result = task_row(database, task_id).result
+    sheets = db.execute(
+        "SELECT id, status, score, fills, identifiers FROM sheets ORDER BY id"
+    ).fetchall()
+    timing = {"duration_s", "database_s", "stage_s"}
+    return (
+        tables["omr_answers"],
+        tables["sheet_flags"],
+        tables["staging tables"],
+        sheets,
+        {k: v for k, v in result.items() if k not in timing},
+    )
+
+
 def test_both_staging_kinds_write_the_same_rows(
     manager: TaskManager,
     database: Database,
@@ -494,20 +536,6 @@ def test_both_staging_kinds_write_the_same_rows(
 
     spy = StagingSpy(monkeypatch)
     request = ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE)
-    # processed_at and scored_at tell the two runs apart.
-    sheets = "SELECT id, status, score, fills, identifiers FROM sheets ORDER BY id"
-    timing = {"duration_s", "database_s", "stage_s"}
-
-    def written(task_id: str) -> tuple[Any, ...]:
-        tables = snapshot_tables(db)
-        result = task_row(database, task_id).result
-        return (
-            tables["omr_answers"],
-            tables["sheet_flags"],
-            tables["staging tables"],
-            db.execute(sheets).fetchall(),
-            {k: v for k, v in result.items() if k not in timing},
-        )
 
     # Without parallel workers the answers are staged in a temporary table.
     db.execute(
@@ -516,7 +544,7 @@ def test_both_staging_kinds_write_the_same_rows(
         )
     )
     first = run_task(manager, request)
-    by_temporary = written(first)
+    by_temporary = task_writes(database, db, first)
     with database.connect() as conn:
         undo_task(conn, first)
     db.execute(
@@ -525,7 +553,7 @@ def test_both_staging_kinds_write_the_same_rows(
         )
     )
     second = run_task(manager, request)
-    by_unlogged = written(second)
+    by_unlogged = task_writes(database, db, second)
 
     assert [s.shared for s in spy.made] == [False, True]
     assert by_unlogged[4]["answers_changed"] > 0
@@ -604,6 +632,127 @@ def test_large_join_planned_for_workers(
         found = reprocess_store._find_changes(db, staging, True, rows)
 
     assert found.missing == rows
+
+
+def test_both_write_ways_write_the_same_rows(
+    manager: TaskManager,
+    database: Database,
+    db: psycopg.Connection,
+    demo_sheet_ids: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from omr_desktop.db.history_store import undo_task
+
+    request = ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE)
+    # A corrected answer with stale fills, so that the reprocess rewrites
+    # it, and a row the reprocess has to insert again.
+    db.execute(
+        "UPDATE omr_answers SET answer_corrected = 'E', corrected_by = 'editor',"
+        " corrected_at = now(), fills = '{0,0,0,0,0}'"
+        " WHERE sheet_id = %s AND question = 'q3'",
+        (demo_sheet_ids[0],),
+    )
+    db.execute(
+        "DELETE FROM omr_answers WHERE sheet_id = %s AND question = 'q7'",
+        (demo_sheet_ids[1],),
+    )
+
+    def written(task_id: str) -> tuple[Any, ...]:
+        history = db.execute(
+            "SELECT sheet_id, question, answer_raw, answer_corrected,"
+            " confidence_score, fills, reason, needs_review, corrected_by,"
+            " corrected_at, inserted FROM answer_history WHERE task_id = %s"
+            " ORDER BY 1, 2",
+            (task_id,),
+        ).fetchall()
+        return (*task_writes(database, db, task_id), history)
+
+    monkeypatch.setattr(reprocess_store, "_SAMPLE_FROM_ROWS", 0)
+    monkeypatch.setattr(reprocess_store, "_JOINED_FROM_SHARE", 0.0)
+    first = run_task(manager, request)
+    joined = written(first)
+    with database.connect() as conn:
+        undo_task(conn, first)
+    monkeypatch.setattr(reprocess_store, "_JOINED_FROM_SHARE", 2.0)
+    second = run_task(manager, request)
+    by_ctid = written(second)
+
+    assert joined[4]["answers_changed"] > 0
+    assert joined[4]["answers_inserted"] == 1
+    assert joined[4]["manual_corrections_kept"] == 1
+    assert joined[2] == []
+    assert joined == by_ctid
+
+
+@pytest.mark.parametrize("changed_every", [1, 4, 10])
+def test_sample_measures_changed_share(
+    db: psycopg.Connection,
+    demo_sheet_ids: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    changed_every: int,
+) -> None:
+    # A sample as large as the staging table reads all of it.
+    monkeypatch.setattr(reprocess_store, "_SAMPLE_FROM_ROWS", 0)
+    monkeypatch.setattr(reprocess_store, "_SAMPLE_ROWS", 10**9)
+    with db.transaction(force_rollback=True):
+        staging = reprocess_store.create_staging(db)
+        staged = db.execute(
+            sql.SQL(
+                "INSERT INTO {} SELECT sheet_id, question, position,"
+                " CASE WHEN position %% %s = 0 THEN 'Z' ELSE answer_raw END,"
+                " answer_corrected, confidence_score, fills, reason, needs_review"
+                " FROM omr_answers"
+            ).format(staging.answers),
+            (changed_every,),
+        ).rowcount
+        expected = db.execute(
+            "SELECT count(*) FILTER (WHERE position %% %s = 0 AND answer_raw <> 'Z')"
+            " FROM omr_answers",
+            (changed_every,),
+        ).fetchone()
+        assert expected is not None
+
+        share = reprocess_store._changed_share(db, staging, True, staged)
+
+    assert share == pytest.approx(expected[0] / staged)
+
+
+@pytest.mark.parametrize(
+    ("overwrite", "way"),
+    [(False, "_find_changes"), (True, "_update_joined")],
+    ids=["few-change", "all-change"],
+)
+def test_changed_share_chooses_the_write(
+    manager: TaskManager,
+    database: Database,
+    db: psycopg.Connection,
+    demo_sheet_ids: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    overwrite: bool,
+    way: str,
+) -> None:
+    called: list[str] = []
+
+    def spy(name: str) -> Callable[..., Any]:
+        real = getattr(reprocess_store, name)
+
+        def record(*args: Any) -> Any:
+            called.append(name)
+            return real(*args)
+
+        return record
+
+    for name in ("_find_changes", "_update_joined"):
+        monkeypatch.setattr(reprocess_store, name, spy(name))
+    # The demo is small: sample it whatever its size.
+    monkeypatch.setattr(reprocess_store, "_SAMPLE_FROM_ROWS", 0)
+    if overwrite:
+        db.execute("UPDATE omr_answers SET answer_raw = 'Z', answer_corrected = 'Z'")
+
+    task_id = run_task(manager, ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE))
+
+    assert task_row(database, task_id).status == task_store.SUCCESS
+    assert called == [way]
 
 
 # -- Failures that must leave the database as it was ----------------------------------
@@ -789,6 +938,7 @@ def test_server_error_changes_nothing(
     message: str,
     last_stage: str,
     last_percentage: int,
+    write_way: str,
 ) -> None:
     db.execute(setup)
     before = snapshot_tables(db)
@@ -1126,6 +1276,7 @@ def test_manual_correction_survives_unless_replaced(
     database: Database,
     db: psycopg.Connection,
     demo_sheet_ids: list[int],
+    write_way: str,
 ) -> None:
     sheet_id, question = db.execute(
         "SELECT sheet_id, question FROM omr_answers"
