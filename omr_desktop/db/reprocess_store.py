@@ -303,16 +303,18 @@ def apply_changes(
     if joined:
         way = "one UPDATE joined with the staged rows"
         update, matched = _update_joined(conn, staging, task_id, keep_manual)
-        missing = staged - matched
+        # More matches than staged rows (a row that another writer changed
+        # meanwhile counts twice) look for missing rows too.
+        look_for_missing = matched != staged
         found_done = sampled
     else:
         way = "the changed rows found first, then updated by ctid"
         found = _find_changes(conn, staging, keep_manual, staged)
         found_done = time.perf_counter()
         update = _update_answers(conn, task_id, keep_manual, found)
-        missing = found.missing
+        look_for_missing = found.missing > 0
     inserted = 0
-    if missing > 0:
+    if look_for_missing:
         inserted = _insert_missing_answers(conn, task_id, staging if joined else None)
     if staging.shared:
         # Not a temporary table: it would outlive the transaction.
@@ -667,7 +669,8 @@ def _update_joined(
     its new version. That version goes into the history, so undo gives
     back the other writer's value. NOTE: the condition is evaluated again
     for such a row, so the counts may include it twice; the changed count
-    is capped at the rows updated.
+    is capped at the rows updated, and a missing row in the same task would
+    go unnoticed.
     """
     answer_differs, any_differs = _differences(keep_manual, "s")
     query = sql.SQL(
