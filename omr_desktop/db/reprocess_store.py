@@ -668,9 +668,9 @@ def _update_joined(
     locking its sheet as every writer of OMR Desktop does, is updated from
     its new version. That version goes into the history, so undo gives
     back the other writer's value. NOTE: the condition is evaluated again
-    for such a row, so the counts may include it twice; the changed count
-    is capped at the rows updated, and a missing row in the same task would
-    go unnoticed.
+    for such a row, so the counts may include it twice. The changed count
+    is capped at the rows updated. A missing row in the same task would go
+    unnoticed.
     """
     answer_differs, any_differs = _differences(keep_manual, "s")
     query = sql.SQL(
