@@ -292,9 +292,9 @@ def apply_changes(
       with the join and the UPDATE by ctid (medians of ten alternations).
 
     Raises:
-        ConcurrentChangeError: a stored answer changed between the join and
-            the UPDATE by ctid (nothing is written once the caller rolls
-            back).
+        ConcurrentChangeError: another connection changed a stored answer
+            while it was being written (nothing is written once the caller
+            rolls back).
     """
     started = time.perf_counter()
     share = _changed_share(conn, staging, keep_manual, staged)
@@ -303,9 +303,7 @@ def apply_changes(
     if joined:
         way = "one UPDATE joined with the staged rows"
         update, matched = _update_joined(conn, staging, task_id, keep_manual)
-        # More matches than staged rows (a row that another writer changed
-        # meanwhile counts twice) look for missing rows too.
-        look_for_missing = matched != staged
+        look_for_missing = matched < staged
         found_done = sampled
     else:
         way = "the changed rows found first, then updated by ctid"
@@ -636,13 +634,7 @@ def _update_answers(
     with _local_settings(conn, _BY_CTID):
         updated = conn.execute(query).rowcount
     corrections = _history_written(conn)
-    if updated != found.changed_rows:
-        raise ConcurrentChangeError(
-            f"{found.changed_rows - updated} of the {found.changed_rows} answers "
-            "to update were changed by another connection during the reprocess, "
-            "without locking their sheets, so nothing was written. Start the "
-            "reprocess again."
-        )
+    _check_all_updated(found.changed_rows, updated)
     return _Update(
         updated=updated,
         changed=found.answer_changes,
@@ -658,19 +650,21 @@ def _update_joined(
     Returns what it did and how many staged rows found a stored row.
 
     The UPDATE's own condition counts the staged rows that found a stored
-    row, and those whose raw or corrected answer changes, by drawing
-    numbers from two temporary sequences. Counting them afterwards needs
-    the old and the new values side by side, which only this statement
-    has: a join of the history trigger's old rows with the new ones took
-    1.1 s of 5.3 s for a million rows.
+    row, those whose raw or corrected answer changes, and those left
+    unchanged, by drawing numbers from three temporary sequences. Counting
+    them afterwards needs the old and the new values side by side, which
+    only this statement has: a join of the history trigger's old rows with
+    the new ones took 1.1 s of 5.3 s for a million rows.
 
-    A row that another writer changes while this statement runs, without
-    locking its sheet as every writer of OMR Desktop does, is updated from
-    its new version. That version goes into the history, so undo gives
-    back the other writer's value. NOTE: the condition is evaluated again
-    for such a row, so the counts may include it twice. The changed count
-    is capped at the rows updated. A missing row in the same task would go
-    unnoticed.
+    Every writer of OMR Desktop locks a sheet before it changes its
+    answers. A writer that does not, and changes or deletes a row after
+    this statement read it, makes the UPDATE skip the row or evaluate its
+    condition twice. Either way the rows found differing no longer equal
+    the rows updated, and the task fails as it does by ctid.
+
+    Raises:
+        ConcurrentChangeError: another connection changed or deleted a
+            stored answer while the UPDATE ran.
     """
     answer_differs, any_differs = _differences(keep_manual, "s")
     query = sql.SQL(
@@ -679,7 +673,8 @@ def _update_joined(
         "   AND CASE WHEN nextval('pg_temp.reprocess_answers_matched') < 0 THEN false"
         "            WHEN {answer_differs}"
         "            THEN nextval('pg_temp.reprocess_answers_changed') > 0"
-        "            ELSE {any_differs} END"
+        "            WHEN {any_differs} THEN true"
+        "            ELSE nextval('pg_temp.reprocess_answers_unchanged') < 0 END"
     ).format(
         assignments=_assignments(keep_manual, "s"),
         staging=staging.answers,
@@ -688,10 +683,12 @@ def _update_joined(
     )
     # With a cache, nextval hands out numbers from this session's memory
     # and writes the sequence once a range, instead of once a row.
-    for name in ("reprocess_answers_matched", "reprocess_answers_changed"):
+    counters = ("matched", "changed", "unchanged")
+    for name in counters:
         conn.execute(
             sql.SQL("CREATE TEMP SEQUENCE {} CACHE {}").format(
-                sql.Identifier(name), sql.Literal(_COUNTER_CACHE)
+                sql.Identifier(f"reprocess_answers_{name}"),
+                sql.Literal(_COUNTER_CACHE),
             )
         )
     _name_history_task(conn, task_id)
@@ -701,19 +698,41 @@ def _update_joined(
     # stored last_value is the end of the cached range.
     row = conn.execute(
         "SELECT nextval('pg_temp.reprocess_answers_matched') - 1,"
-        " nextval('pg_temp.reprocess_answers_changed') - 1"
+        " nextval('pg_temp.reprocess_answers_changed') - 1,"
+        " nextval('pg_temp.reprocess_answers_unchanged') - 1"
     ).fetchone()
     assert row is not None
+    matched, changed, unchanged = (int(n) for n in row)
     conn.execute(
-        "DROP SEQUENCE pg_temp.reprocess_answers_matched,"
-        " pg_temp.reprocess_answers_changed"
+        sql.SQL("DROP SEQUENCE {}").format(
+            sql.SQL(", ").join(
+                sql.Identifier("pg_temp", f"reprocess_answers_{name}")
+                for name in counters
+            )
+        )
     )
+    _check_all_updated(matched - unchanged, updated)
     update = _Update(
         updated=updated,
-        changed=min(int(row[1]), updated),
+        changed=changed,
         corrections_kept=corrections if keep_manual else 0,
     )
-    return update, int(row[0])
+    return update, matched
+
+
+def _check_all_updated(found: int, updated: int) -> None:
+    """Raise unless the UPDATE wrote as many rows as were found differing.
+
+    Raises:
+        ConcurrentChangeError: the counts differ.
+    """
+    if updated != found:
+        raise ConcurrentChangeError(
+            f"{abs(found - updated)} of the {found} answers to update were "
+            "changed by another connection during the reprocess, without "
+            "locking their sheets, so nothing was written. Start the "
+            "reprocess again."
+        )
 
 
 def _name_history_task(conn: psycopg.Connection, task_id: str) -> None:

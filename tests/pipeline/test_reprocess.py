@@ -1959,3 +1959,82 @@ def test_unlocked_change_fails_task(
         "SELECT count(*) FROM answer_history WHERE task_id = %s", (task_id,)
     ).fetchone()
     assert history == (0,)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "UPDATE omr_answers SET reason = 'erased'",
+        "DELETE FROM omr_answers",
+    ],
+    ids=["changed", "deleted"],
+)
+def test_unlocked_change_fails_joined_update(
+    manager: TaskManager,
+    database: Database,
+    db: psycopg.Connection,
+    db_conninfo: str,
+    demo_sheet_ids: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    change: str,
+) -> None:
+    monkeypatch.setattr(reprocess_store, "_SAMPLE_FROM_ROWS", 0)
+    monkeypatch.setattr(reprocess_store, "_JOINED_FROM_SHARE", 0.0)
+    sheet_id = demo_sheet_ids[0]
+    # Every answer of the sheet differs from what the task reads, so the
+    # UPDATE reaches the row the other writer holds.
+    db.execute(
+        "UPDATE omr_answers SET answer_raw = 'Z' WHERE sheet_id = %s", (sheet_id,)
+    )
+    before = answers_by_key(db)
+    update_joined = reprocess_store._update_joined
+    other = psycopg.connect(db_conninfo)
+    watch = psycopg.connect(db_conninfo, autocommit=True)
+    committed = threading.Event()
+
+    def commit_once_update_waits() -> None:
+        # The other writer commits once the task's UPDATE waits for its row.
+        deadline = time.monotonic() + TASK_TIMEOUT_S
+        while time.monotonic() < deadline:
+            waiting = watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type ="
+                " 'Lock' AND query LIKE 'UPDATE omr_answers a SET%%'"
+            ).fetchone()
+            if waiting and waiting[0]:
+                break
+            time.sleep(0.02)
+        other.commit()
+        committed.set()
+
+    def change_row_then_update(*args: Any) -> Any:
+        # A writer that does not lock the sheet row changes one answer
+        # without committing, so the task's UPDATE has to wait for it.
+        other.execute(change + " WHERE sheet_id = %s AND question = 'q1'", (sheet_id,))
+        threading.Thread(target=commit_once_update_waits, daemon=True).start()
+        return update_joined(*args)
+
+    monkeypatch.setattr(reprocess_store, "_update_joined", change_row_then_update)
+
+    task_id = run_task(manager, ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE))
+    other.close()
+    watch.close()
+
+    assert committed.is_set()
+    row = task_row(database, task_id)
+    assert row.status == task_store.FAILURE
+    assert row.error is not None
+    assert "1 of the" in row.error
+    assert "changed by another connection" in row.error
+    after = answers_by_key(db)
+    key = (sheet_id, "q1")
+    if change.startswith("DELETE"):
+        assert key not in after
+    else:
+        assert after[key][4] == "erased"
+    assert {k: v for k, v in after.items() if k != key} == {
+        k: v for k, v in before.items() if k != key
+    }
+    history = db.execute(
+        "SELECT count(*) FROM answer_history WHERE task_id = %s", (task_id,)
+    ).fetchone()
+    assert history == (0,)
