@@ -1899,6 +1899,23 @@ def test_copy_rows_survive_latin1_database(latin1_conninfo: str) -> None:
     assert stored == ("Zoë",)
 
 
+def assert_only_key_changed(
+    db: psycopg.Connection,
+    task_id: str,
+    before: dict[Any, Any],
+    after: dict[Any, Any],
+    key: tuple[int, str],
+) -> None:
+    """Check that the task wrote nothing and only ``key`` differs from before."""
+    assert {k: v for k, v in after.items() if k != key} == {
+        k: v for k, v in before.items() if k != key
+    }
+    history = db.execute(
+        "SELECT count(*) FROM answer_history WHERE task_id = %s", (task_id,)
+    ).fetchone()
+    assert history == (0,)
+
+
 def test_unlocked_change_fails_task(
     manager: TaskManager,
     event_log: EventLog,
@@ -1952,13 +1969,7 @@ def test_unlocked_change_fails_task(
     after = answers_by_key(db)
     key = (sheet_id, question[0])
     assert (after[key][0], after[key][4]) == ("Z", "erased")
-    assert {k: v for k, v in after.items() if k != key} == {
-        k: v for k, v in before.items() if k != key
-    }
-    history = db.execute(
-        "SELECT count(*) FROM answer_history WHERE task_id = %s", (task_id,)
-    ).fetchone()
-    assert history == (0,)
+    assert_only_key_changed(db, task_id, before, after, key)
 
 
 @pytest.mark.parametrize(
@@ -2031,10 +2042,4 @@ def test_unlocked_change_fails_joined_update(
         assert key not in after
     else:
         assert after[key][4] == "erased"
-    assert {k: v for k, v in after.items() if k != key} == {
-        k: v for k, v in before.items() if k != key
-    }
-    history = db.execute(
-        "SELECT count(*) FROM answer_history WHERE task_id = %s", (task_id,)
-    ).fetchone()
-    assert history == (0,)
+    assert_only_key_changed(db, task_id, before, after, key)
