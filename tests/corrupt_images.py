@@ -24,3 +24,37 @@ def png_claiming_size(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\x00"))
         + chunk(b"IEND", b"")
     )
+
+
+def damaged_jpeg(data: bytes) -> bytes:
+    """Return a JPEG with 4 kB of its scan data zeroed halfway through.
+
+    OpenCV decodes such a file without an error: libjpeg prints "Corrupt
+    JPEG data: premature end of data segment" to stderr and fills the
+    rest of the page as best it can.
+    """
+    middle = len(data) // 2
+    return data[:middle] + bytes(4096) + data[middle + 4096 :]
+
+
+def jpeg_claiming_size(data: bytes, width: int, height: int) -> bytes:
+    """Return a baseline JPEG whose frame header claims another size."""
+    start = data.index(b"\xff\xc0")
+    # Marker (2 bytes), length (2), precision (1), then height and width.
+    size = struct.pack(">HH", height, width)
+    return data[: start + 5] + size + data[start + 9 :]
+
+
+def jpeg_with_orientation(data: bytes, orientation: int, byte_order: str) -> bytes:
+    """Return a JPEG with an EXIF block whose orientation tag is ``orientation``.
+
+    ``byte_order`` is "II" (little-endian) or "MM" (big-endian). The block
+    goes right after the start-of-image marker, as cameras write it.
+    """
+    order = "<" if byte_order == "II" else ">"
+    entry = struct.pack(order + "HHIHH", 0x0112, 3, 1, orientation, 0)
+    directory = struct.pack(order + "H", 1) + entry + struct.pack(order + "I", 0)
+    tiff = byte_order.encode() + struct.pack(order + "HI", 42, 8) + directory
+    body = b"Exif\x00\x00" + tiff
+    segment = b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
+    return data[:2] + segment + data[2:]

@@ -1,17 +1,22 @@
 """Load a sheet image as a grey page in the template's canvas.
 
-Files are decoded by content with ``cv2.imdecode`` over the file's bytes,
-so a JPEG named ``.png`` loads as JPEG. OpenCV releases the GIL while it
-decodes and resizes, so many worker threads can load sheets at once.
+Files are decoded by content, so a JPEG named ``.png`` loads as JPEG.
+JPEG goes to libjpeg-turbo through simplejpeg, which fails on damaged
+data. Every other format, and the rare JPEG that simplejpeg does not
+convert to grey, goes to ``cv2.imdecode``. Both release the GIL while
+they decode, as OpenCV does while it resizes, so many worker threads can
+load sheets at once.
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+import simplejpeg
 
 from omr_desktop.engine.layout import field_layout
 from omr_desktop.engine.template import Template
@@ -22,6 +27,25 @@ from omr_desktop.engine.template import Template
 # pixels. Smaller bubbles get the full decode. The rule assumes a scan of
 # about the canvas size, because a larger scan only adds pixels.
 REDUCED_DECODE_MIN_BUBBLE_PX = 24
+
+# Limits that keep one pathological file from taking the memory of a whole
+# reprocess. A 600 dpi A4 scan is 35 megapixels, and uncompressed in
+# colour 105 MB.
+MAX_FILE_BYTES = 128 * 1024 * 1024
+MAX_PIXELS = 100_000_000
+
+# libjpeg's warnings about lost or damaged data begin with these words.
+# The decoder goes on after them and fills what it could not read, so
+# OpenCV returns a page with wrong marks and only prints the warning to
+# stderr. Other warnings (an unknown JFIF revision, say) lose nothing.
+_DAMAGED_JPEG = (
+    "Corrupt JPEG data",
+    "Premature end of JPEG file",
+    "Invalid SOS parameters",
+    "Inconsistent progression sequence",
+)
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class SheetImageError(ValueError):
@@ -58,20 +82,7 @@ def decode_sheet_bytes(
     """
     buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
     reduced = uses_reduced_decode(template)
-    flags = cv2.IMREAD_REDUCED_GRAYSCALE_2 if reduced else cv2.IMREAD_GRAYSCALE
-    try:
-        image = cv2.imdecode(buffer, flags) if buffer.size else None
-    except cv2.error as exc:
-        # OpenCV raises instead of returning None for some corrupt files,
-        # such as a PNG header claiming more pixels than it will decode.
-        raise SheetImageError(
-            f"{source}: not a readable image (corrupt, or larger than OpenCV "
-            f"decodes: {exc.err})"
-        ) from exc
-    if image is None:
-        raise SheetImageError(
-            f"{source}: not a readable image (corrupt or unknown format)"
-        )
+    image = decode_grey(buffer, reduced, source)
     scale = 2 if reduced else 1
     height, width = image.shape[0] * scale, image.shape[1] * scale
     if width * 2 < template.page_width or height * 2 < template.page_height:
@@ -85,10 +96,164 @@ def decode_sheet_bytes(
     if image.shape[1] != size[0] or image.shape[0] != size[1]:
         # INTER_AREA averages when shrinking; INTER_LINEAR when enlarging.
         shrink = image.shape[1] > size[0]
-        image = cv2.resize(
-            image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        image = np.asarray(
+            cv2.resize(
+                image,
+                size,
+                interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
+            ),
+            dtype=np.uint8,
         )
     return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+def decode_grey(
+    buffer: npt.NDArray[np.uint8], reduced: bool, source: str = "<bytes>"
+) -> npt.NDArray[np.uint8]:
+    """Decode image bytes to grey as ``cv2.imdecode`` does, but fail on damage.
+
+    ``reduced`` halves each side as ``cv2.IMREAD_REDUCED_GRAYSCALE_2``
+    does, rounding up. The pixels equal OpenCV's, EXIF orientation
+    included: both decode JPEG with libjpeg-turbo's accurate integer IDCT
+    and take the luminance of a colour JPEG.
+
+    Raises:
+        SheetImageError: The bytes are not a decodable image, their JPEG
+            data is damaged, or the image has more than `MAX_PIXELS`.
+    """
+    _check_file_size(buffer.size, source)
+    head = buffer[:24].tobytes()
+    if head.startswith(_PNG_MAGIC) and len(head) == 24:
+        width, height = struct.unpack(">II", head[16:24])
+        _check_pixels(width, height, source)
+    image = (
+        _decode_jpeg(buffer, reduced, source) if head.startswith(_JPEG_MAGIC) else None
+    )
+    if image is not None:
+        return image
+    flags = cv2.IMREAD_REDUCED_GRAYSCALE_2 if reduced else cv2.IMREAD_GRAYSCALE
+    try:
+        decoded = cv2.imdecode(buffer, flags) if buffer.size else None
+    except cv2.error as exc:
+        # OpenCV raises instead of returning None for some corrupt files,
+        # such as a header claiming more pixels than it will decode.
+        raise SheetImageError(
+            f"{source}: not a readable image (corrupt, or larger than OpenCV "
+            f"decodes: {exc.err})"
+        ) from exc
+    if decoded is None:
+        raise SheetImageError(
+            f"{source}: not a readable image (corrupt or unknown format)"
+        )
+    return np.asarray(decoded, dtype=np.uint8)
+
+
+def _check_file_size(size: int, source: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise SheetImageError(
+            f"{source}: file is {size / 2**20:,.0f} MB, more than the "
+            f"{MAX_FILE_BYTES // 2**20} MB a sheet image may have; scan at a "
+            "lower resolution or compress the image"
+        )
+
+
+def _check_pixels(width: int, height: int, source: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise SheetImageError(
+            f"{source}: image is {width}x{height} px, more than the "
+            f"{MAX_PIXELS // 1_000_000} megapixels a sheet image may have; "
+            "scan at a lower resolution"
+        )
+
+
+def _decode_jpeg(
+    buffer: npt.NDArray[np.uint8], reduced: bool, source: str
+) -> npt.NDArray[np.uint8] | None:
+    """Decode a JPEG to grey with simplejpeg; None leaves it to OpenCV.
+
+    simplejpeg stops at libjpeg's first warning. A warning about damaged
+    data fails the sheet. After any other error (a CMYK JPEG, an unknown
+    JFIF revision) the file goes to OpenCV, which decodes such files as
+    before.
+    """
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(buffer)
+    except ValueError:
+        return None
+    _check_pixels(width, height, source)
+    if colorspace not in ("Gray", "YCbCr", "RGB"):
+        return None
+    scale = 2 if reduced else 1
+    try:
+        image = simplejpeg.decode_jpeg(
+            buffer,
+            colorspace="GRAY",
+            # The smallest scale that keeps these sizes is 1/scale exactly,
+            # the size libjpeg gives OpenCV's reduced decode.
+            min_height=-(-height // scale),
+            min_width=-(-width // scale),
+            strict=True,
+        )
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith(_DAMAGED_JPEG):
+            raise SheetImageError(
+                f"{source}: damaged JPEG data ({message}); scan the sheet "
+                "again or restore the file from a copy"
+            ) from exc
+        return None
+    return _orient(image[:, :, 0], _exif_orientation(buffer))
+
+
+def _exif_orientation(buffer: npt.NDArray[np.uint8]) -> int:
+    """Return the EXIF orientation (1-8) of a JPEG, 1 when it has none."""
+    data = buffer[: min(buffer.size, 1 << 17)].tobytes()
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan, end of image
+            break
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        body = data[pos + 4 : pos + 2 + length]
+        if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
+            return _tiff_orientation(body[6:])
+        pos += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """Return the orientation tag of a TIFF header's first directory, or 1."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    (directory,) = struct.unpack(order + "I", tiff[4:8])
+    if directory + 2 > len(tiff):
+        return 1
+    (entries,) = struct.unpack(order + "H", tiff[directory : directory + 2])
+    for start in range(directory + 2, directory + 2 + 12 * entries, 12):
+        if start + 12 > len(tiff):
+            break
+        tag, kind = struct.unpack(order + "HH", tiff[start : start + 4])
+        if tag == 0x0112 and kind == 3:  # Orientation, a SHORT
+            (value,) = struct.unpack(order + "H", tiff[start + 8 : start + 10])
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def _orient(image: npt.NDArray[np.uint8], orientation: int) -> npt.NDArray[np.uint8]:
+    """Turn a decoded page upright by its EXIF orientation, as OpenCV does."""
+    if orientation >= 5:  # 5-8 swap rows and columns first
+        image = image.T
+    if orientation in (2, 6):
+        image = image[:, ::-1]
+    elif orientation in (3, 7):
+        image = image[::-1, ::-1]
+    elif orientation in (4, 8):
+        image = image[::-1]
+    return np.ascontiguousarray(image)
 
 
 def shrink_by(image: npt.NDArray[np.uint8], scale: int) -> npt.NDArray[np.uint8]:
@@ -135,6 +300,8 @@ def load_sheet_for_measuring(path: Path, template: Template) -> npt.NDArray[np.u
 
 def _read_bytes(path: Path) -> npt.NDArray[np.uint8]:
     try:
+        # A file over the size limit is rejected before it is read.
+        _check_file_size(path.stat().st_size, str(path))
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__

@@ -8,14 +8,21 @@ import cv2
 import numpy as np
 import pytest
 
+from omr_desktop.engine import image as image_module
 from omr_desktop.engine.image import (
     SheetImageError,
+    decode_grey,
     load_sheet_image,
     uses_reduced_decode,
 )
 from omr_desktop.engine.synthetic import random_truth, render_sheet
 from omr_desktop.engine.template import Template, load_template
-from tests.corrupt_images import png_claiming_size
+from tests.corrupt_images import (
+    damaged_jpeg,
+    jpeg_claiming_size,
+    jpeg_with_orientation,
+    png_claiming_size,
+)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
@@ -68,8 +75,105 @@ def test_corrupt_file_is_rejected(demo: Template, tmp_path: Path) -> None:
 def test_oversized_png_header_is_rejected(demo: Template, tmp_path: Path) -> None:
     path = tmp_path / "huge.png"
     path.write_bytes(png_claiming_size(40_000, 40_000))
-    with pytest.raises(SheetImageError, match="huge.png: not a readable image"):
+    with pytest.raises(
+        SheetImageError,
+        match="huge.png: image is 40000x40000 px, more than the 100 megapixels",
+    ):
         load_sheet_image(path, demo)
+
+
+def test_oversized_jpeg_header_is_rejected(demo: Template, tmp_path: Path) -> None:
+    ok, encoded = cv2.imencode(".jpg", np.full((64, 48), 200, np.uint8))
+    assert ok
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(jpeg_claiming_size(encoded.tobytes(), 20_000, 20_000))
+    with pytest.raises(SheetImageError, match="huge.jpg: image is 20000x20000 px"):
+        load_sheet_image(path, demo)
+
+
+def test_oversized_file_not_read(
+    demo: Template,
+    rng: np.random.Generator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "sheet.jpg"
+    path.write_bytes(render_sheet(demo, random_truth(demo, rng, "clean"), rng))
+    monkeypatch.setattr(image_module, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    read = []
+    monkeypatch.setattr(np, "fromfile", lambda *a, **k: read.append(a))
+    with pytest.raises(SheetImageError, match="sheet.jpg: file is 0 MB, more than"):
+        load_sheet_image(path, demo)
+    assert not read
+
+
+@pytest.mark.parametrize("cut", ["zeroed", "truncated"])
+def test_damaged_jpeg_is_rejected(
+    cut: str, demo: Template, rng: np.random.Generator, tmp_path: Path
+) -> None:
+    data = render_sheet(demo, random_truth(demo, rng, "clean"), rng)
+    broken = damaged_jpeg(data) if cut == "zeroed" else data[: len(data) // 2]
+    if cut == "zeroed":
+        # OpenCV hands back a whole page for these bytes, with wrong marks.
+        opencv = cv2.imdecode(np.frombuffer(broken, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert opencv is not None
+        assert opencv.shape == (2400, 1700)
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(broken)
+    reason = "Corrupt JPEG data" if cut == "zeroed" else "Premature end of JPEG file"
+    with pytest.raises(
+        SheetImageError, match=f"damaged.jpg: damaged JPEG data \\({reason}"
+    ):
+        load_sheet_image(path, demo)
+
+
+def _sample_jpegs() -> list[Path]:
+    files = sorted(p for p in SAMPLES.rglob("*") if p.is_file())
+    return [p for p in files if p.read_bytes()[:3] == b"\xff\xd8\xff"]
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+def test_jpeg_pixels_equal_opencv(
+    reduced: bool, demo: Template, rng: np.random.Generator
+) -> None:
+    flags = cv2.IMREAD_REDUCED_GRAYSCALE_2 if reduced else cv2.IMREAD_GRAYSCALE
+    pages = [np.fromfile(p, np.uint8) for p in _sample_jpegs()]
+    assert len(pages) >= 7
+    rendered = render_sheet(demo, random_truth(demo, rng, "clean"), rng)
+    colour = cv2.imencode(
+        ".jpg",
+        cv2.cvtColor(
+            cv2.imdecode(np.frombuffer(rendered, np.uint8), cv2.IMREAD_GRAYSCALE),
+            cv2.COLOR_GRAY2BGR,
+        )
+        + np.array([0, 9, 30], np.uint8),
+    )[1]
+    pages += [np.frombuffer(rendered, np.uint8), colour]
+    for page in pages:
+        np.testing.assert_array_equal(
+            decode_grey(page, reduced), cv2.imdecode(page, flags)
+        )
+
+
+@pytest.mark.parametrize("byte_order", ["II", "MM"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_opencv(orientation: int, byte_order: str) -> None:
+    # A page without symmetry, so that each orientation gives another page.
+    rows, columns = np.mgrid[0:96, 0:64]
+    page = np.asarray((rows * 2 + columns * 5) % 256, np.uint8)
+    ok, encoded = cv2.imencode(".jpg", page, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    data = np.frombuffer(
+        jpeg_with_orientation(encoded.tobytes(), orientation, byte_order), np.uint8
+    )
+    upright = (96, 64) if orientation < 5 else (64, 96)
+    for scale, flags in (
+        (1, cv2.IMREAD_GRAYSCALE),
+        (2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+    ):
+        expected = cv2.imdecode(data, flags)
+        assert expected.shape == (upright[0] // scale, upright[1] // scale)
+        np.testing.assert_array_equal(decode_grey(data, scale == 2), expected)
 
 
 def test_empty_file_is_rejected(demo: Template, tmp_path: Path) -> None:

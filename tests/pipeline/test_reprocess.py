@@ -52,7 +52,7 @@ from omr_desktop.pipeline.task_manager import (
     UnknownSheetsError,
 )
 from tests.conftest import RUN_ID, drop_database, with_dbname
-from tests.corrupt_images import png_claiming_size
+from tests.corrupt_images import damaged_jpeg, png_claiming_size
 from tests.db.builders import add_batch, add_sheet, add_template
 from tests.pipeline.conftest import WORKERS, EventLog, snapshot_tables
 
@@ -1122,13 +1122,18 @@ def break_image(path: Path, damage: str) -> None:
     if damage == "deleted":
         path.unlink()
     elif damage == "oversized":
-        # OpenCV raises for this header instead of returning no image.
+        # A header claiming more pixels than a sheet image may have.
         path.write_bytes(png_claiming_size(40_000, 40_000))
+    elif damage == "damaged scan data":
+        # OpenCV would decode this one, and the sheet would get wrong answers.
+        path.write_bytes(damaged_jpeg(path.read_bytes()))
     else:
         path.write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
 
 
-@pytest.mark.parametrize("damage", ["deleted", "corrupt", "oversized"])
+@pytest.mark.parametrize(
+    "damage", ["deleted", "corrupt", "oversized", "damaged scan data"]
+)
 def test_one_unreadable_sheet_fails_alone(
     manager: TaskManager,
     database: Database,
