@@ -47,6 +47,10 @@ PORT_VARIABLE = "OMR_SERVER_PORT"
 TOKEN_VARIABLE = "OMR_SERVER_TOKEN"
 CORS_VARIABLE = "OMR_SERVER_CORS_ORIGINS"
 
+# Seconds that stopping waits for open streams to send their tasks' last
+# event. A stream that follows another process's task goes on until it ends.
+STREAMS_END_TIMEOUT_S = 3.0
+
 
 def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``serve``."""
@@ -178,12 +182,14 @@ class _Settings:
 async def _serve(settings: _Settings) -> int:
     from omr_desktop.pipeline.task_manager import TaskManager
     from omr_desktop.server.app import create_app, start_server
+    from omr_desktop.server.sse import HUB
 
     loop = asyncio.get_running_loop()
     database = Database()
     await loop.run_in_executor(None, database.open)
     executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="detect")
     manager: TaskManager | None = None
+    app = None
     runner = None
     try:
         setup = await loop.run_in_executor(
@@ -207,11 +213,16 @@ async def _serve(settings: _Settings) -> int:
         await _wait_for_stop_signal()
         logger.info("Server stopping on %s:%d", settings.host, port)
     finally:
+        if manager is not None:
+            # Cancels queued and running tasks; a running one rolls back.
+            # The server still runs meanwhile, so that each open stream
+            # gets its task's error event before the server closes it.
+            await loop.run_in_executor(None, manager.shutdown)
+        if app is not None:
+            await app[HUB].wait_for_streams(STREAMS_END_TIMEOUT_S)
         if runner is not None:
             await runner.cleanup()
         if manager is not None:
-            # Cancels queued and running tasks; a running one rolls back.
-            await loop.run_in_executor(None, manager.shutdown)
             close_engine(manager.engine)
         executor.shutdown(wait=True, cancel_futures=True)
         database.close()

@@ -139,6 +139,17 @@ class EventHub:
     def subscriber_count(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
+    async def wait_for_streams(self, timeout_s: float) -> None:
+        """Wait until every open stream has ended, for at most ``timeout_s``.
+
+        A stream ends after its task's terminal event, so a server that
+        cancels its tasks first and then waits here sends each client the
+        ``error`` event of its task before it stops.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.subscriber_count() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
     def _on_event(self, event: ProgressEvent) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import psycopg
 import pytest
 
-from tests.server.conftest import TIMEOUT_S, read_stream
+from tests.server.conftest import TIMEOUT_S, Event, read_stream
 
 pytestmark = pytest.mark.db
 
@@ -135,3 +136,53 @@ def test_serve_rejects_bad_settings(
 
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+
+
+def test_sigterm_ends_streams_with_error_event(
+    serve_process: tuple[subprocess.Popen[str], int],
+    sheet_ids: list[int],
+    db_conninfo: str,
+) -> None:
+    process, port = serve_process
+    # 600 more sheets on the same images keep the first task running until
+    # the signal comes. The second task waits behind it.
+    with psycopg.connect(db_conninfo) as conn:
+        copies = [
+            int(r[0])
+            for r in conn.execute(
+                "INSERT INTO sheets (batch_id, sequence_no, image_path, status)"
+                " SELECT batch_id, sequence_no + 1000 * copy, image_path, status"
+                " FROM sheets, generate_series(1, 150) AS copy RETURNING id"
+            )
+        ]
+
+    running, queued = asyncio.run(_stop_during_task(process, port, copies, sheet_ids))
+    code = process.wait(TIMEOUT_S)
+
+    assert running[-1].event == "error"
+    assert "cancelled" in running[-1].data
+    assert queued[-1].event == "error"
+    assert "cancelled" in queued[-1].data
+    assert code == 0
+
+
+async def _stop_during_task(
+    process: subprocess.Popen[str], port: int, first: list[int], second: list[int]
+) -> tuple[list[Event], list[Event]]:
+    """Start two tasks, follow both streams, and send SIGTERM once the first runs."""
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+        streams = []
+        for ids in (first, second):
+            response = await session.post(
+                "/api/sheets/reprocess", json={"sheet_ids": ids, "profile_id": 2}
+            )
+            assert response.status == 200, await response.text()
+            task_id = (await response.json())["task_id"]
+            stream = await session.get(f"/api/sheets/reprocess/{task_id}/stream")
+            streams.append((task_id, asyncio.create_task(read_stream(stream))))
+        status_url = f"/api/sheets/reprocess/{streams[0][0]}/status"
+        while (await (await session.get(status_url)).json())["status"] != "STARTED":
+            await asyncio.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        reads = [await asyncio.wait_for(read, TIMEOUT_S) for _, read in streams]
+    return reads[0].events, reads[1].events
