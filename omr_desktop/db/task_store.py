@@ -189,13 +189,22 @@ def mark_interrupted(conn: psycopg.Connection) -> list[str]:
 
 
 def _append_interrupted_event(conn: psycopg.Connection, task_id: str) -> None:
-    """End the task's stored log with an error event, as a failing task's ends."""
+    """End the task's stored log with an error event, as a failing task's ends.
+
+    Like that event, it carries the counts and elapsed time of the last
+    event stored, so a client sees how far the task got.
+    """
     event_id = last_event_id(conn, task_id) + 1
     row = conn.execute(
         "SELECT coalesce(array_length(sheet_ids, 1), 0) FROM reprocess_tasks"
         " WHERE task_id = %s",
         (task_id,),
     ).fetchone()
+    stored = conn.execute(
+        "SELECT data FROM task_events WHERE task_id = %s AND event_id = %s",
+        (task_id, event_id - 1),
+    ).fetchone()
+    last: dict[str, Any] = stored[0] if stored else {}
     data = {
         "task_id": task_id,
         "event": "error",
@@ -203,11 +212,11 @@ def _append_interrupted_event(conn: psycopg.Connection, task_id: str) -> None:
         "message": "Reprocess failed: interrupted",
         "progress_percentage": 0.0,
         "overall_percentage": 0.0,
-        "processed": 0,
+        "processed": int(last.get("processed", 0)),
         "total": int(row[0]) if row else 0,
-        "failed": 0,
+        "failed": int(last.get("failed", 0)),
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "elapsed_s": 0.0,
+        "elapsed_s": float(last.get("elapsed_s", 0.0)),
         "status": FAILURE,
         "result": {"reason": "interrupted"},
         "event_id": event_id,

@@ -1856,7 +1856,13 @@ def test_interrupted_task_log_ends_with_error(
         " VALUES (%s, 'STARTED', 1, '{1}', %s, %s, now())",
         (task_id, socket.gethostname(), dead_pid()),
     )
-    task_store.append_event(db, task_id, 1, ev.PROGRESS, {"stage": ev.LOADING_SHEETS})
+    task_store.append_event(
+        db,
+        task_id,
+        1,
+        ev.PROGRESS,
+        {"stage": ev.PROCESSING_SHEETS, "processed": 7, "failed": 1, "elapsed_s": 2.5},
+    )
 
     make_manager()
 
@@ -1864,6 +1870,10 @@ def test_interrupted_task_log_ends_with_error(
     last = stored_events(database, task_id)[-1]
     assert last.event == ev.ERROR
     assert last.event_id == 2
+    # How far the task got, as a failing task's own error event tells.
+    assert last.data["processed"] == 7
+    assert last.data["failed"] == 1
+    assert last.data["elapsed_s"] == 2.5
 
 
 @pytest.fixture
