@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     from omr_desktop import cli_reprocess
 
     cli_reprocess.add_reprocess_commands(commands)
+    from omr_desktop import cli_profiles
+
+    cli_profiles.add_profiles_command(commands)
     from omr_desktop import cli_serve
 
     cli_serve.add_serve_command(commands)
@@ -144,8 +147,10 @@ def _run_gui(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    from omr_desktop.cli_reprocess import join_dash_values
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         level = config.log_level_name(args.log_level)
     except config.ConfigError as exc:

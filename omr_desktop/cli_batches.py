@@ -12,6 +12,7 @@ from pathlib import Path
 from omr_desktop import config
 from omr_desktop.db.database import Database
 from omr_desktop.pipeline.batch_load import LoadResult
+from omr_desktop.plural import counted
 
 
 def add_batch_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -132,7 +133,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"The batch {args.batch!r} exists already; nothing to do.")
             return 0
         where = database.location().describe()
-        print(f"Generating {args.sheets:,} demo sheets into {where}")
+        print(f"Generating {counted(args.sheets, 'demo sheet')} into {where}")
         result = seed_demo(
             conn,
             config.data_dir(),
@@ -171,8 +172,9 @@ def run_import(args: argparse.Namespace) -> int:
 
 def _print_result(name: str, result: LoadResult) -> None:
     print(
-        f"Batch {name!r}: {result.sheets:,} sheets, {result.answers:,} answers "
-        f"in {result.duration_s:.1f} s ({len(result.failed)} failed)."
+        f"Batch {name!r}: {counted(result.sheets, 'sheet')}, "
+        f"{counted(result.answers, 'answer')} in {result.duration_s:.1f} s "
+        f"({len(result.failed)} failed)."
     )
     for sequence_no, path, error in result.failed:
         print(f"  sheet {sequence_no} ({path}): {error}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import psycopg
@@ -10,6 +11,7 @@ import psycopg
 from omr_desktop import config
 from omr_desktop.db.database import Database, safe_location
 from omr_desktop.db.migrate import check_schema, migrate
+from omr_desktop.plural import counted
 
 
 def add_db_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,8 +43,19 @@ def add_db_commands(commands: argparse._SubParsersAction) -> None:  # type: igno
     cmd = sub.add_parser(
         "prune-history",
         help="delete the undo history of all but the newest N reprocess tasks",
+        description="Delete the undo history (the answers and sheets as they "
+        "were before each task) of every finished reprocess task except the "
+        "newest N, to reclaim space. Pruned tasks can no longer be undone; "
+        "their task rows and progress events are kept.",
     )
-    cmd.add_argument("--keep", type=int, required=True, metavar="N")
+    cmd.add_argument(
+        "--keep",
+        type=int,
+        required=True,
+        metavar="N",
+        help="number of finished tasks, newest first, whose history is kept; "
+        "0 deletes all history",
+    )
     cmd.set_defaults(handler=run_prune_history)
 
     cmd = sub.add_parser(
@@ -69,7 +82,7 @@ def run_migrate(args: argparse.Namespace) -> int:
         database.close()
     if applied:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
-        print(f"Applied {len(applied)} migration(s): {names}.")
+        print(f"Applied {counted(len(applied), 'migration')}: {names}.")
     else:
         print("Nothing to apply.")
     print(f"Schema version {version} ({database.location().describe()}).")
@@ -120,7 +133,7 @@ def run_restore(args: argparse.Namespace) -> int:
         database.close()
     print(f"Restored {where} from {args.file}.")
     if applied:
-        print(f"Then applied {len(applied)} newer migration(s).")
+        print(f"Then applied {counted(len(applied), 'newer migration')}.")
     return 0
 
 
@@ -135,13 +148,13 @@ def run_prune_history(args: argparse.Namespace) -> int:
     from omr_desktop.db.history_store import prune_history
 
     if args.keep < 0:
-        print(f"error: --keep must be 0 or more, not {args.keep}.")
+        print(f"error: --keep must be 0 or more, not {args.keep}.", file=sys.stderr)
         return 2
     with Database() as database, database.connect() as conn:
         tasks, rows = prune_history(conn, args.keep)
     print(
-        f"Pruned the history of {tasks} task(s) ({rows:,} rows); kept the "
-        f"newest {args.keep}."
+        f"Pruned the history of {counted(tasks, 'task')} "
+        f"({counted(rows, 'row')}); kept the newest {args.keep}."
     )
     return 0
 

@@ -18,6 +18,7 @@ from omr_desktop.engine.accuracy import (
     run_suite,
 )
 from omr_desktop.engine.synthetic import CONDITIONS
+from omr_desktop.plural import counted
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def run_accuracy(args: argparse.Namespace) -> int:
     print(format_table(result, ["Default", "Sensitive", "Strict"]))
     print()
     print(
-        f"{args.sheets} sheets per condition, {len(conditions)} conditions, "
+        f"{counted(args.sheets, 'sheet')} per condition, "
+        f"{counted(len(conditions), 'condition')}, "
         f"seed {args.seed}, {elapsed:.1f} s"
     )
     failures = check_targets(result)

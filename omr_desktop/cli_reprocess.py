@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omr_desktop.db.database import Database
+from omr_desktop.db.id_range import MAX_PROFILE_ID, MAX_SHEET_ID
 from omr_desktop.engine_setup import EngineSetup, close_engine, configured_engine
 from omr_desktop.pipeline.events import ProgressEvent
+from omr_desktop.plural import counted
 
 if TYPE_CHECKING:
     from omr_desktop.pipeline.reprocess import ReprocessRequest
@@ -23,6 +27,9 @@ EXIT_OK = 0
 EXIT_TASK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SHEETS_FAILED = 3
+
+# A value that starts like a negative number, such as -5 or -5,6.
+_DASH_VALUE = re.compile(r"-\d")
 
 
 def add_reprocess_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,17 +47,21 @@ def add_reprocess_commands(commands: argparse._SubParsersAction) -> None:  # typ
         "--sheets",
         type=_id_list,
         metavar="IDS",
-        help="comma-separated sheet ids, such as 12345,12346",
+        help="comma-separated sheet ids, such as 12345,12346; "
+        "a repeated id counts once",
     )
     target.add_argument("--batch", metavar="NAME", help="every sheet of a batch")
     target.add_argument(
-        "--undo", metavar="TASK_ID", help="restore what a reprocess task changed"
+        "--undo",
+        metavar="TASK_ID",
+        help="restore what a reprocess task changed; TASK_ID is the id "
+        "that the reprocess printed",
     )
     cmd.add_argument(
         "--profile",
-        type=int,
+        type=_profile_id,
         metavar="ID",
-        help="profile id (1 Default, 2 Sensitive, 3 Strict)",
+        help="id of the detection profile; 'omr-desktop profiles' lists them",
     )
     cmd.add_argument(
         "--redecide",
@@ -76,13 +87,32 @@ def add_reprocess_commands(commands: argparse._SubParsersAction) -> None:  # typ
     cmd.set_defaults(handler=run_reprocess_command)
 
     export = commands.add_parser(
-        "export", help="write a batch's scores and answers to a CSV file"
+        "export",
+        help="write a batch's scores and answers to a CSV file",
+        description="Write a batch to a CSV file: one row per sheet (sequence "
+        "number, sheet id, student, score, flags, then each question's "
+        "corrected answer), or with --answers one row per answer. An existing "
+        "file is replaced only when the new one is complete. Exit status: 0 "
+        "success, 1 the file could not be written, 2 invalid arguments (an "
+        "unknown batch, sheets outside it, or a folder as --out).",
     )
-    export.add_argument("--batch", required=True, metavar="NAME")
     export.add_argument(
-        "--sheets", type=_id_list, metavar="IDS", help="only these sheet ids"
+        "--batch", required=True, metavar="NAME", help="name of the batch to export"
     )
-    export.add_argument("--out", type=Path, required=True, metavar="FILE.csv")
+    export.add_argument(
+        "--sheets",
+        type=_id_list,
+        metavar="IDS",
+        help="only these comma-separated sheet ids of the batch (default: all)",
+    )
+    export.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE.csv",
+        help="path of the CSV file to write (UTF-8); missing folders are "
+        "created, and an existing file is replaced",
+    )
     export.add_argument(
         "--answers",
         action="store_true",
@@ -93,19 +123,68 @@ def add_reprocess_commands(commands: argparse._SubParsersAction) -> None:  # typ
 
 
 def _id_list(text: str) -> list[int]:
-    ids = []
+    """Parse comma-separated sheet ids; drop repeats, keeping the first's place."""
+    ids: dict[int, None] = {}
     for part in text.split(","):
         part = part.strip()
-        if not part:
-            continue
-        if not part.isdigit() or int(part) <= 0:
-            raise argparse.ArgumentTypeError(
-                f"{part!r} is not a sheet id: use positive integers such as 12,13"
-            )
-        ids.append(int(part))
+        if part:
+            ids[_sheet_id(part)] = None
     if not ids:
         raise argparse.ArgumentTypeError("no sheet ids given")
-    return ids
+    return list(ids)
+
+
+def _sheet_id(text: str) -> int:
+    # isdecimal() alone would also accept digits of other scripts.
+    digits = text.lstrip("0")
+    if not (text.isascii() and text.isdecimal()) or not digits:
+        raise argparse.ArgumentTypeError(
+            f"{_shortened(text)!r} is not a sheet id: use positive integers "
+            "such as 12,13"
+        )
+    # The length check comes first because int() rejects more than 4,300
+    # digits with an error about its own limit.
+    if len(digits) > len(str(MAX_SHEET_ID)) or int(digits) > MAX_SHEET_ID:
+        raise argparse.ArgumentTypeError(
+            f"sheet id {_shortened(text)} ({len(text):,} digits) is out of "
+            f"range: sheet ids are integers from 1 to {MAX_SHEET_ID}"
+        )
+    return int(digits)
+
+
+def _profile_id(text: str) -> int:
+    text = text.strip()
+    valid = text.isascii() and text.isdecimal()
+    if (
+        not valid
+        or len(text.lstrip("0")) > len(str(MAX_PROFILE_ID))
+        or not 1 <= int(text) <= MAX_PROFILE_ID
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{_shortened(text)!r} is not a profile id: profile ids are integers "
+            f"from 1 to {MAX_PROFILE_ID}; 'omr-desktop profiles' lists them"
+        )
+    return int(text)
+
+
+def join_dash_values(argv: Sequence[str]) -> list[str]:
+    """Join each ``--sheets`` with a next argument such as ``-5,6`` into one.
+
+    argparse reads ``-5`` as a value but ``-5,6`` as an unknown option, so
+    ``--sheets -5,6`` would fail with "expected one argument" instead of
+    naming the invalid id. ``--sheets=-5,6`` is the form argparse accepts.
+    """
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--sheets" and _DASH_VALUE.match(arg):
+            joined[-1] = f"--sheets={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
+def _shortened(text: str, limit: int = 24) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def run_reprocess_command(args: argparse.Namespace) -> int:
@@ -113,7 +192,8 @@ def run_reprocess_command(args: argparse.Namespace) -> int:
         return _run_undo(args.undo)
     if args.profile is None:
         print(
-            "error: --profile is required (1 Default, 2 Sensitive, 3 Strict).",
+            "error: --profile is required; 'omr-desktop profiles' lists the "
+            "profile ids.",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -145,6 +225,14 @@ def _batch_sheet_ids(database: Database, name: str) -> list[int] | None:
             "SELECT id FROM sheets WHERE batch_id = %s ORDER BY sequence_no",
             (batch[0],),
         ).fetchall()
+    if not rows:
+        print(
+            f"error: the batch {name!r} has no sheets, so there is nothing to "
+            "reprocess. Import scans with 'omr-desktop import', or name "
+            "another batch.",
+            file=sys.stderr,
+        )
+        return None
     return [int(r[0]) for r in rows]
 
 
@@ -192,7 +280,7 @@ def _run_on(
         manager.shutdown()
         return EXIT_USAGE
     print(
-        f"Task {task_id}: {len(request.sheet_ids)} sheets, profile "
+        f"Task {task_id}: {counted(len(request.sheet_ids), 'sheet')}, profile "
         f"{args.profile}, on {setup.description}",
         file=sys.stderr,
     )
@@ -233,26 +321,31 @@ def _report(event: ProgressEvent | None, strict: bool) -> int:
 def _run_undo(task_id: str) -> int:
     import uuid
 
-    from omr_desktop.db.history_store import UndoError, undo_task
+    from omr_desktop.db.history_store import UndoError, UnknownTaskError, undo_task
 
     try:
-        uuid.UUID(task_id)
+        task_id = str(uuid.UUID(task_id))
     except ValueError:
         print(
-            f"error: {task_id!r} is not a task id (a UUID such as "
-            "c8f2b3c4-0000-4000-8000-000000000000).",
+            f"error: {_shortened(task_id, 40)!r} is not a task id. Task ids are "
+            "UUIDs such as c8f2b3c4-0000-4000-8000-000000000000; give the one "
+            "that the reprocess printed.",
             file=sys.stderr,
         )
         return EXIT_USAGE
     with Database() as database, database.connect() as conn:
         try:
             result = undo_task(conn, task_id)
+        except UnknownTaskError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         except UndoError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_TASK_FAILED
+    answers = result.answers_restored + result.answers_deleted
     print(
-        f"Undid task {task_id}: {result.sheets_restored} sheets and "
-        f"{result.answers_restored + result.answers_deleted} answers restored."
+        f"Undid task {task_id}: {counted(result.sheets_restored, 'sheet')} and "
+        f"{counted(answers, 'answer')} restored."
     )
     return EXIT_OK
 
@@ -311,7 +404,7 @@ def _duration(seconds: float) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from omr_desktop.db.export import ExportError, export_batch
+    from omr_desktop.db.export import ExportError, ExportWriteError, export_batch
 
     with Database() as database, database.connect() as conn:
         try:
@@ -325,5 +418,8 @@ def run_export(args: argparse.Namespace) -> int:
         except ExportError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    print(f"Wrote {rows:,} rows to {args.out}.")
+        except ExportWriteError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_TASK_FAILED
+    print(f"Wrote {counted(rows, 'row')} to {args.out}.")
     return EXIT_OK

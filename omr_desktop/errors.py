@@ -26,6 +26,7 @@ _EXPECTED = (
     ("omr_desktop.db.reprocess_store", "SheetsBusyError"),
     ("omr_desktop.db.history_store", "UndoError"),
     ("omr_desktop.db.export", "ExportError"),
+    ("omr_desktop.db.export", "ExportWriteError"),
     ("omr_desktop.db.corrections", "CorrectionError"),
     ("omr_desktop.pipeline.reprocess", "ReprocessError"),
     ("omr_desktop.pipeline.task_manager", "TaskRequestError"),

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -216,3 +217,258 @@ def test_import_command_reports_invalid_template(
     err = capsys.readouterr().err
     assert err.startswith("error: ")
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def one_sheet_batch(use_database: str, db: psycopg.Connection) -> int:
+    """Add the batch 'Small' with one answer-less sheet; return the sheet id."""
+    from tests.db.builders import add_batch, add_sheet, add_template
+
+    batch_id = add_batch(db, "Small", add_template(db), None)
+    return add_sheet(db, batch_id, 1, [])
+
+
+def test_export_to_folder_exits_2_and_leaves_nothing(
+    one_sheet_batch: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "exports" / "2026"
+    folder.mkdir(parents=True)
+
+    status = main(["export", "--batch", "Small", "--out", str(folder)])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"The output path {folder} is a folder" in err
+    assert str(folder / "export.csv") in err
+    assert "Traceback" not in err
+    assert list(folder.parent.iterdir()) == [folder]
+    assert list(folder.iterdir()) == []
+
+
+def test_export_write_failure_removes_partial_file(
+    one_sheet_batch: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import errno
+
+    from omr_desktop.db import export
+
+    def write_then_fail(conn: object, writer: Any, ids: list[int]) -> int:
+        writer.writerow(["sequence_no"])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "_write_sheets", write_then_fail)
+    out = tmp_path / "exports" / "sheets.csv"
+
+    status = main(["export", "--batch", "Small", "--out", str(out)])
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert f"error: Cannot write {out}: No space left on device." in err
+    assert list(out.parent.iterdir()) == []
+
+
+def test_export_interrupted_removes_partial_file(
+    one_sheet_batch: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from omr_desktop.db import export
+
+    def write_then_interrupt(conn: object, writer: Any, ids: list[int]) -> int:
+        writer.writerow(["sequence_no"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "_write_sheets", write_then_interrupt)
+    out = tmp_path / "exports" / "sheets.csv"
+
+    status = main(["export", "--batch", "Small", "--out", str(out)])
+
+    assert status == 1
+    assert "Interrupted." in capsys.readouterr().err
+    assert list(out.parent.iterdir()) == []
+
+
+def test_export_names_sheet_outside_batch_in_singular(
+    one_sheet_batch: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sheets.csv"
+
+    status = main(["export", "--batch", "Small", "--sheets", "999", "--out", str(out)])
+
+    assert status == 2
+    assert "error: Sheet 999 is not in this batch." in capsys.readouterr().err
+
+
+def test_export_writes_one_row_in_singular(
+    one_sheet_batch: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sheets.csv"
+
+    assert main(["export", "--batch", "Small", "--out", str(out)]) == 0
+
+    assert capsys.readouterr().out == f"Wrote 1 row to {out}.\n"
+    assert len(out.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("task_id", "message"),
+    [
+        (
+            "00000000-0000-0000-0000-000000000000",
+            "error: Task 00000000-0000-0000-0000-000000000000 does not exist.",
+        ),
+        ("not-a-uuid", "error: 'not-a-uuid' is not a task id."),
+        ("12", "error: '12' is not a task id."),
+    ],
+)
+def test_undo_of_unknown_or_malformed_task_exits_2(
+    use_database: str,
+    capsys: pytest.CaptureFixture[str],
+    task_id: str,
+    message: str,
+) -> None:
+    assert main(["reprocess", "--undo", task_id]) == 2
+
+    assert capsys.readouterr().err.startswith(message)
+
+
+def test_reprocess_of_empty_batch_names_the_batch(
+    use_database: str, db: psycopg.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.db.builders import add_batch, add_template
+
+    add_batch(db, "Empty", add_template(db), None)
+
+    status = main(["reprocess", "--batch", "Empty", "--profile", "2"])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("error: the batch 'Empty' has no sheets")
+    assert "give at least one sheet id" not in err
+    assert db.execute("SELECT count(*) FROM reprocess_tasks").fetchone() == (0,)
+
+
+def test_reprocess_of_unknown_profile_lists_profiles(
+    one_sheet_batch: int,
+    db: psycopg.Connection,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db.execute(
+        "INSERT INTO profiles (name, description) VALUES ('Pale ink', 'Faint scans.')"
+    )
+
+    status = main(["reprocess", "--batch", "Small", "--profile", "42"])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("error: Profile 42 does not exist. Choose one of: ")
+    assert "1 Default, 2 Sensitive, 3 Strict, 100 Pale ink." in err
+    assert "--help" not in err
+
+
+def test_profiles_command_lists_every_profile(
+    use_database: str, db: psycopg.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db.execute(
+        "INSERT INTO profiles (name, description, settings) VALUES"
+        " ('Blurred', 'Soft scans.', '{\"measurement\": {\"blur_ksize\": 3}}'),"
+        " ('Broken', 'Bad settings.', '{\"nonsense\": 1}')"
+    )
+
+    assert main(["profiles"]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "KIND", "MEASUREMENT", "DESCRIPTION"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert sorted(rows, key=int) == ["1", "2", "3", "100", "101"]
+    assert rows["1"][1:3] == ["Default", "built-in"]
+    assert rows["100"][1:3] == ["Blurred", "added"]
+    assert rows["101"][3] == "invalid"
+    # The built-ins measure alike; a different blur measures differently.
+    assert rows["1"][3] == rows["2"][3] == rows["3"][3]
+    assert rows["100"][3] != rows["1"][3]
+
+
+def test_reprocess_help_names_profiles_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["reprocess", "--help"])
+
+    out = " ".join(capsys.readouterr().out.split())
+    assert "'omr-desktop profiles' lists them" in out
+    assert "1 Default, 2 Sensitive, 3 Strict" not in out
+
+
+def test_export_and_prune_history_help_explain_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    export_help = " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["db", "prune-history", "--help"])
+    prune_help = " ".join(capsys.readouterr().out.split())
+
+    assert "Write a batch to a CSV file" in export_help
+    assert "--batch NAME name of the batch to export" in export_help
+    assert "--out FILE.csv path of the CSV file to write" in export_help
+    assert "Pruned tasks can no longer be undone" in prune_help
+    assert "--keep N number of finished tasks, newest first" in prune_help
+
+
+def test_sheet_ids_count_once_when_repeated() -> None:
+    from omr_desktop.cli import build_parser
+
+    args = build_parser().parse_args(["reprocess", "--sheets", "1,2,3,4,5,2"])
+
+    assert args.sheets == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sheets", "-5"], "argument --sheets: '-5' is not a sheet id"),
+        (["--sheets=-5"], "argument --sheets: '-5' is not a sheet id"),
+        (["--sheets", "-5,6"], "argument --sheets: '-5' is not a sheet id"),
+        (["--sheets", "7,-5"], "argument --sheets: '-5' is not a sheet id"),
+        (["--sheets", "0"], "argument --sheets: '0' is not a sheet id"),
+        (
+            ["--sheets", "9" * 5000],
+            "argument --sheets: sheet id 999999999999999999999999... "
+            "(5,000 digits) is out of range",
+        ),
+        (
+            ["--sheets", "9223372036854775808"],
+            "sheet id 9223372036854775808 (19 digits) is out of range",
+        ),
+        (["--sheets", "1", "--profile", "-2"], "'-2' is not a profile id"),
+        (["--sheets", "1", "--profile", "9" * 5000], "is not a profile id"),
+    ],
+    ids=[
+        "negative",
+        "negative joined",
+        "negative list",
+        "negative later",
+        "zero",
+        "5000 digits",
+        "past bigint",
+        "negative profile",
+        "long profile",
+    ],
+)
+def test_invalid_ids_exit_2_naming_the_value(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["reprocess", *argv])
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert message in err
+    assert "set_int_max_str_digits" not in err
+    assert "expected one argument" not in err

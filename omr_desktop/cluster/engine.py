@@ -146,8 +146,9 @@ class ClusterEngine:
             ).fetchall()
         if rows:
             shown = ", ".join(f"{r[0]} ({r[1]})" for r in rows)
+            sheets, have = ("Sheet", "has a") if len(rows) == 1 else ("Sheets", "have")
             raise ReprocessError(
-                f"Sheets {shown} have relative image paths, which cluster "
+                f"{sheets} {shown} {have} relative image paths, which cluster "
                 "workers cannot resolve. Re-import them with absolute paths "
                 "on a shared folder, or use the local engine."
             )

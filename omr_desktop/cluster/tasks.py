@@ -67,6 +67,7 @@ from omr_desktop.pipeline.reprocess import (
     load_profile_settings,
     run_reprocess,
 )
+from omr_desktop.plural import counted
 
 logger = logging.getLogger(__name__)
 
@@ -277,9 +278,8 @@ def reprocess_omr_sheet_task(
         raise ClusterTaskError(row.error or "failed")
     sink = RedisSink(events, task_id)
     total = len(ids)
-    sink.report(
-        _progress(task_id, ev.LOADING_SHEETS, f"Loading {total} sheets", 0, 0, total)
-    )
+    sheets = counted(total, "sheet")
+    sink.report(_progress(task_id, ev.LOADING_SHEETS, f"Loading {sheets}", 0, 0, total))
     try:
         with database.connect() as conn:
             settings = load_profile_settings(conn, profile_id)
@@ -289,11 +289,11 @@ def reprocess_omr_sheet_task(
         raise ClusterTaskError(failure_reason(exc)) from exc
     chunks = split([job.sheet.id for job in jobs], chunk_sheets)
     sink.report(
-        _progress(task_id, ev.LOADING_SHEETS, f"Loaded {total} sheets", 100, 0, total)
+        _progress(task_id, ev.LOADING_SHEETS, f"Loaded {sheets}", 100, 0, total)
     )
     mode = "re-deciding stored fills" if redecide else "detecting"
-    count = f"{len(chunks)} chunk" if len(chunks) == 1 else f"{len(chunks)} chunks"
-    message = f"Dispatching {total} sheets in {count} to the workers"
+    count = counted(len(chunks), "chunk")
+    message = f"Dispatching {sheets} in {count} to the workers"
     sink.report(
         _progress(task_id, ev.PROCESSING_SHEETS, f"{message} ({mode})", 0, 0, total)
     )

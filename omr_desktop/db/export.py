@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from omr_desktop.plural import id_list, noun
+
+logger = logging.getLogger(__name__)
+
 
 class ExportError(ValueError):
-    """The export's batch or sheets do not exist."""
+    """The export's batch or sheets do not exist, or its output path is a folder."""
+
+
+class ExportWriteError(RuntimeError):
+    """Writing the output file failed; it is unchanged and no partial file is left."""
 
 
 def export_batch(
@@ -27,6 +36,13 @@ def export_batch(
     Per sheet: sequence, sheet id, student code and name, score, flags, then
     each question's corrected answer in sheet order. Per answer: sheet,
     student, question, raw, corrected, confidence, reason, needs review.
+
+    The rows go to ``<out>.partial`` first, which replaces ``out`` only when
+    complete and is deleted when anything fails.
+
+    Raises:
+        ExportError: no such batch, sheets outside it, or ``out`` is a folder.
+        ExportWriteError: the file system rejected the write.
     """
     batch = conn.execute(
         "SELECT id FROM batches WHERE name = %s", (batch_name,)
@@ -34,16 +50,46 @@ def export_batch(
     if batch is None:
         raise ExportError(f"No batch named {batch_name!r}.")
     ids = _sheet_ids(conn, int(batch[0]), sheet_ids)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ExportError(
+            f"The output path {out} is a folder. Give the path of a CSV file "
+            f"instead, such as {out / 'export.csv'}."
+        )
     partial = out.with_name(out.name + ".partial")
-    with partial.open("w", newline="", encoding="utf-8") as handle:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        count = _write_file(conn, partial, ids, per_answer)
+        partial.replace(out)
+    except BaseException as exc:
+        # A failed or interrupted export leaves no partial file. File
+        # system errors become ExportWriteError; anything else, such as
+        # KeyboardInterrupt or a database error, is raised unchanged.
+        _discard(partial)
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+            raise ExportWriteError(
+                f"Cannot write {out}: {reason}. Check that the folder is "
+                "writable and the disk has space, or choose another path."
+            ) from exc
+        raise
+    return count
+
+
+def _discard(partial: Path) -> None:
+    try:
+        partial.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("Deleting the partial export %s failed: %s", partial, exc)
+
+
+def _write_file(
+    conn: psycopg.Connection, path: Path, ids: list[int], per_answer: bool
+) -> int:
+    with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         if per_answer:
-            count = _write_answers(conn, writer, ids)
-        else:
-            count = _write_sheets(conn, writer, ids)
-    partial.replace(out)
-    return count
+            return _write_answers(conn, writer, ids)
+        return _write_sheets(conn, writer, ids)
 
 
 def _sheet_ids(
@@ -57,8 +103,9 @@ def _sheet_ids(
         return ids
     missing = sorted(set(wanted) - set(ids))
     if missing:
-        shown = ", ".join(str(i) for i in missing[:20])
-        raise ExportError(f"Sheets {shown} are not in this batch.")
+        sheets = noun(len(missing), "Sheet")
+        verb = "is" if len(missing) == 1 else "are"
+        raise ExportError(f"{sheets} {id_list(missing)} {verb} not in this batch.")
     chosen = set(wanted)
     return [i for i in ids if i in chosen]
 

@@ -8,12 +8,17 @@ from dataclasses import dataclass
 import psycopg
 
 from omr_desktop.db.reprocess_store import lock_sheet_ids
+from omr_desktop.plural import id_list, noun
 
 logger = logging.getLogger(__name__)
 
 
 class UndoError(RuntimeError):
     """The task cannot be undone; the message gives the reason and the fix."""
+
+
+class UnknownTaskError(UndoError):
+    """No reprocess task has the id given to undo."""
 
 
 @dataclass(frozen=True)
@@ -33,9 +38,9 @@ def undo_task(conn: psycopg.Connection, task_id: str) -> UndoResult:
     on any error nothing changes.
 
     Raises:
-        UndoError: unknown or unfinished task, already undone, history
-            pruned, a later task or a manual correction changed the same
-            sheets since.
+        UnknownTaskError: no task has this id.
+        UndoError: unfinished task, already undone, history pruned, a later
+            task or a manual correction changed the same sheets since.
     """
     with conn.transaction():
         sheet_ids, finished_at = _undoable(conn, task_id)
@@ -66,7 +71,10 @@ def _undoable(conn: psycopg.Connection, task_id: str) -> tuple[list[int], object
         (task_id,),
     ).fetchone()
     if row is None:
-        raise UndoError(f"Task {task_id} does not exist.")
+        raise UnknownTaskError(
+            f"Task {task_id} does not exist. Give the task id that 'omr-desktop "
+            "reprocess' printed, or that POST /sheets/reprocess returned."
+        )
     status, sheet_ids, finished_at, undone_at, pruned = row
     if status != "SUCCESS":
         raise UndoError(
@@ -93,9 +101,13 @@ def _check_no_later_changes(
     ).fetchall()
     if later:
         names = ", ".join(r[0] for r in later)
+        if len(later) == 1:
+            blocker, advice = f"later task {names}", "Undo it first."
+        else:
+            blocker, advice = f"later tasks {names}", "Undo those first, newest first."
         raise UndoError(
-            f"Task {task_id} cannot be undone: later task(s) {names} reprocessed "
-            "some of the same sheets. Undo those first, newest first."
+            f"Task {task_id} cannot be undone: {blocker} reprocessed some of the "
+            f"same sheets. {advice}"
         )
     corrected = conn.execute(
         "SELECT DISTINCT sheet_id FROM omr_answers WHERE sheet_id = ANY(%s)"
@@ -103,9 +115,10 @@ def _check_no_later_changes(
         (sheet_ids, finished_at),
     ).fetchall()
     if corrected:
-        names = ", ".join(str(r[0]) for r in corrected[:20])
+        sheets = noun(len(corrected), "sheet")
+        names = id_list([r[0] for r in corrected])
         raise UndoError(
-            f"Task {task_id} cannot be undone: answers of sheets {names} were "
+            f"Task {task_id} cannot be undone: answers of {sheets} {names} were "
             "corrected by hand after it, and undo would lose those corrections."
         )
 

@@ -25,6 +25,7 @@ import psycopg
 
 from omr_desktop.db import task_store
 from omr_desktop.db.database import Database
+from omr_desktop.db.profiles import list_profiles
 from omr_desktop.db.reprocess_store import SheetsBusyError, busy_tasks
 from omr_desktop.pipeline import events as ev
 from omr_desktop.pipeline.events import ProgressEvent, ProgressSink
@@ -35,11 +36,15 @@ from omr_desktop.pipeline.reprocess import (
     TaskCancelledError,
     run_reprocess,
 )
+from omr_desktop.plural import id_list, noun
 
 logger = logging.getLogger(__name__)
 
 # A selection larger than this is rejected: it is 14 batches of 7,109 sheets.
 MAX_SHEETS_PER_TASK = 100_000
+
+# An unknown-profile error names this many profiles; the rest are counted.
+SHOWN_PROFILES = 20
 
 Listener = Callable[[ProgressEvent], None]
 
@@ -97,11 +102,14 @@ class TaskConflictError(TaskRequestError):
     http_status = 409
 
     def __init__(self, task_id: str, sheet_ids: Sequence[int]) -> None:
-        shown = ", ".join(str(i) for i in sheet_ids[:20])
-        more = f" and {len(sheet_ids) - 20} more" if len(sheet_ids) > 20 else ""
+        sheets = noun(len(sheet_ids), "Sheet")
+        verb = "is" if len(sheet_ids) == 1 else "are"
+        # Only waiting works for every caller: the HTTP interface has no
+        # cancel route, so a task it started cannot be cancelled there.
         super().__init__(
-            f"Sheets {shown}{more} are already in task {task_id}, which is queued "
-            "or running. Wait for it to finish or cancel it."
+            f"{sheets} {id_list(sheet_ids)} {verb} already in task {task_id}, "
+            "which is queued or running. Wait for that task to finish, then "
+            "try again."
         )
         self.task_id = task_id
         self.sheet_ids = list(sheet_ids)
@@ -329,16 +337,7 @@ class TaskManager:
                 f"({MAX_SHEETS_PER_TASK:,}). Split the selection."
             )
         with self.database.connect() as conn:
-            if (
-                conn.execute(
-                    "SELECT 1 FROM profiles WHERE id = %s", (request.profile_id,)
-                ).fetchone()
-                is None
-            ):
-                raise UnknownProfileError(
-                    f"Profile {request.profile_id} does not exist. "
-                    "'omr-desktop reprocess --help' lists how to choose one."
-                )
+            _check_profile(conn, request.profile_id)
             rows = conn.execute(
                 "SELECT id FROM sheets WHERE id = ANY(%s)", (list(sheet_ids),)
             ).fetchall()
@@ -448,9 +447,11 @@ class TaskManager:
                 if t != active.task_id
             ]
         if others:
+            tasks = noun(len(others), "task")
+            them = "it" if len(others) == 1 else "them"
             return (
-                f"Some of the selected sheets are being reprocessed by task "
-                f"{', '.join(others)}. Wait for it to finish, then try again."
+                f"Some of the selected sheets are being reprocessed by {tasks} "
+                f"{', '.join(others)}. Wait for {them} to finish, then try again."
             )
         return str(exc)
 
@@ -464,6 +465,28 @@ class TaskManager:
         sink.report(
             ev.error_event(active.task_id, reason, total, sink.last_event, result)
         )
+
+
+def _check_profile(conn: psycopg.Connection, profile_id: int) -> None:
+    """Raise UnknownProfileError, listing the profiles, unless ``profile_id`` exists.
+
+    The message lists the profiles itself because it reaches the command
+    line, the GUI and HTTP clients alike, and no single hint fits all three.
+    """
+    found = conn.execute("SELECT 1 FROM profiles WHERE id = %s", (profile_id,))
+    if found.fetchone() is not None:
+        return
+    profiles = list_profiles(conn)
+    if not profiles:
+        raise UnknownProfileError(
+            f"Profile {profile_id} does not exist, and the database has no profiles."
+        )
+    choices = ", ".join(f"{p.id} {p.name}" for p in profiles[:SHOWN_PROFILES])
+    if len(profiles) > SHOWN_PROFILES:
+        choices += f" and {len(profiles) - SHOWN_PROFILES:,} more"
+    raise UnknownProfileError(
+        f"Profile {profile_id} does not exist. Choose one of: {choices}."
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,8 +6,9 @@ Rules for ``POST /sheets/reprocess``:
   most ``MAX_BODY_BYTES`` (413), valid UTF-8 JSON (400) and an object with
   ``sheet_ids`` and ``profile_id`` (400). Other keys are ignored.
 - ``sheet_ids`` is a non-empty array of positive integers no larger than
-  PostgreSQL's ``bigint``. Strings, floats (even ``12.0``), booleans, null
-  and negative numbers are rejected with 400, naming the first bad element.
+  PostgreSQL's ``bigint``. Strings, floats (even ``12.0``), booleans, null,
+  negative numbers and integers out of that range (of any length) are
+  rejected with 400, naming the first bad element.
 - An array longer than ``MAX_SHEETS_PER_TASK`` elements is rejected with 413
   before its elements are checked, whether or not it contains duplicates.
 - Duplicate ids are dropped, keeping the first occurrence's order: the
@@ -29,6 +30,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+from omr_desktop.db.id_range import MAX_PROFILE_ID, MAX_SHEET_ID
 from omr_desktop.pipeline.task_manager import MAX_SHEETS_PER_TASK
 from omr_desktop.server.errors import ApiError
 
@@ -36,9 +38,18 @@ from omr_desktop.server.errors import ApiError
 # whitespace and the other fields while still bounding memory per request.
 MAX_BODY_BYTES = 10 * 1024 * 1024
 
-# sheets.id is a bigint and profiles.id an integer.
-MAX_SHEET_ID = 2**63 - 1
-MAX_PROFILE_ID = 2**31 - 1
+# An integer with more digits than the largest id is out of range for every
+# field. Python's int() rejects more than 4,300 digits (its
+# sys.get_int_max_str_digits() default) with a message about that limit, so
+# such numbers are kept as their length instead of being converted.
+MAX_ID_DIGITS = len(str(MAX_SHEET_ID))
+
+
+@dataclass(frozen=True)
+class _LongInteger:
+    """A JSON integer longer than MAX_ID_DIGITS digits, kept as its length."""
+
+    digits: int
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,11 @@ async def read_json_body(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge:
         _raise_too_large()
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(
+            raw.decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_int=_parse_json_int,
+        )
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"The request body is not valid JSON: {exc}.") from None
 
@@ -81,6 +96,13 @@ def _raise_too_large() -> NoReturn:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_json_int(text: str) -> int | _LongInteger:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_ID_DIGITS:
+        return _LongInteger(digits)
+    return int(text)
 
 
 def parse_reprocess_body(payload: Any) -> ReprocessSelection:
@@ -122,7 +144,7 @@ def _parse_sheet_ids(value: Any) -> tuple[int, ...]:
         if not _is_positive_int(item, MAX_SHEET_ID):
             raise ApiError(
                 400,
-                f"sheet_ids[{index}] is {json.dumps(item)} ({_kind(item)}): "
+                f"sheet_ids[{index}] is {_describe(item)}: "
                 f"sheet ids are integers from 1 to {MAX_SHEET_ID}.",
             )
     return tuple(dict.fromkeys(value))
@@ -132,7 +154,7 @@ def _parse_profile_id(value: Any) -> int:
     if not _is_positive_int(value, MAX_PROFILE_ID):
         raise ApiError(
             400,
-            f"profile_id is {json.dumps(value)} ({_kind(value)}): profile ids are "
+            f"profile_id is {_describe(value)}: profile ids are "
             f"integers from 1 to {MAX_PROFILE_ID}. GET /profiles lists them.",
         )
     result: int = value
@@ -142,6 +164,12 @@ def _parse_profile_id(value: Any) -> int:
 def _is_positive_int(value: Any, maximum: int) -> bool:
     # bool is a subclass of int, and JSON true must not pass as sheet 1.
     return type(value) is int and 1 <= value <= maximum
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, _LongInteger):
+        return f"an integer of {value.digits:,} digits, out of range"
+    return f"{json.dumps(value)} ({_kind(value)})"
 
 
 def _kind(value: Any) -> str:

@@ -158,18 +158,28 @@ def test_cli_reprocess_and_undo_exit_codes(
     monkeypatch.setenv("OMR_DATA_DIR", str(tmp_path / "data"))
     sheets = ",".join(str(i) for i in ids)
 
-    assert main(["reprocess", "--sheets", sheets, "--profile", "2"]) == 0
+    # A repeated id counts once, in the header as in the task.
+    repeated = f"{sheets},{ids[1]}"
+    assert main(["reprocess", "--sheets", repeated, "--profile", "2"]) == 0
     out = capsys.readouterr()
     task_id = out.err.split("Task ", 1)[1].split(":", 1)[0]
+    assert f"Task {task_id}: 4 sheets, profile 2" in out.err
+    assert "Loading 4 sheets" in out.err
     assert "answers:" in out.out
     assert main(["reprocess", "--sheets", sheets, "--profile", "42"]) == 2
-    assert "Profile 42 does not exist" in capsys.readouterr().err
+    assert (
+        "Profile 42 does not exist. Choose one of: 1 Default, 2 Sensitive, 3 Strict."
+        in capsys.readouterr().err
+    )
     assert main(["reprocess", "--sheets", f"{sheets},999999", "--profile", "2"]) == 2
     assert "Unknown sheet ids: 999999" in capsys.readouterr().err
     assert main(["reprocess", "--batch", "Demo", "--profile", "2", "--strict"]) == 0
     assert main(["reprocess", "--undo", "not-a-uuid"]) == 2
     assert main(["reprocess", "--undo", task_id]) == 1
     assert "later task" in capsys.readouterr().err
+    undone = main(["reprocess", "--undo", "00000000-0000-0000-0000-000000000000"])
+    assert undone == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_cli_export_writes_sheet_and_answer_rows(

@@ -556,6 +556,27 @@ BAD_BODIES = [
         "profile_id",
     ),
     (
+        "id of 5,000 digits",
+        b'{"sheet_ids": [' + b"9" * 5000 + b'], "profile_id": 2}',
+        JSON,
+        400,
+        "sheet_ids[0] is an integer of 5,000 digits, out of range",
+    ),
+    (
+        "negative id of 5,000 digits",
+        b'{"sheet_ids": [1, -' + b"9" * 5000 + b'], "profile_id": 2}',
+        JSON,
+        400,
+        "sheet_ids[1] is an integer of 5,000 digits, out of range",
+    ),
+    (
+        "profile of 20 digits",
+        b'{"sheet_ids": [1], "profile_id": ' + b"9" * 20 + b"}",
+        JSON,
+        400,
+        "profile_id is an integer of 20 digits, out of range",
+    ),
+    (
         "too many ids",
         json.dumps(
             {"sheet_ids": list(range(1, MAX_SHEETS_PER_TASK + 2)), "profile_id": 2}
@@ -606,6 +627,7 @@ async def test_bad_request_body_is_rejected_with_json(
     assert payload["status"] == "error"
     assert fragment in payload["message"]
     assert "Traceback" not in payload["message"]
+    assert "set_int_max_str_digits" not in payload["message"]
     assert task_count(db_conninfo) == 0
     assert health.status == 200
 
@@ -622,6 +644,8 @@ async def test_unknown_profile_is_404(
     assert response.status == 404
     assert payload["status"] == "error"
     assert "Profile 999 does not exist" in payload["message"]
+    assert "1 Default, 2 Sensitive, 3 Strict" in payload["message"]
+    assert "--help" not in payload["message"]
     assert task_count(db_conninfo) == 0
 
 

@@ -1,0 +1,42 @@
+"""Messages of rejected reprocess requests: number agreement, advice for all callers."""
+
+from __future__ import annotations
+
+import pytest
+
+from omr_desktop.pipeline.task_manager import TaskConflictError
+from omr_desktop.plural import counted, id_list
+
+
+def test_conflict_with_one_sheet_is_singular() -> None:
+    message = str(TaskConflictError("t-1", [150]))
+
+    assert message.startswith("Sheet 150 is already in task t-1, which is queued")
+
+
+def test_conflict_with_many_sheets_counts_the_rest() -> None:
+    message = str(TaskConflictError("t-1", list(range(1, 26))))
+
+    assert message.startswith("Sheets 1, 2, 3,")
+    assert "20 and 5 more are already in task t-1" in message
+
+
+def test_conflict_advice_holds_over_http() -> None:
+    message = str(TaskConflictError("t-1", [150, 151]))
+
+    # The HTTP interface cannot cancel a task, so the advice is to wait.
+    assert "cancel" not in message
+    assert message.endswith("Wait for that task to finish, then try again.")
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [(0, "0 sheets"), (1, "1 sheet"), (2, "2 sheets"), (2500, "2,500 sheets")],
+)
+def test_counted_matches_noun_to_count(count: int, expected: str) -> None:
+    assert counted(count, "sheet") == expected
+
+
+def test_id_list_counts_ids_past_limit() -> None:
+    assert id_list([1, 2, 3], limit=2) == "1, 2 and 1 more"
+    assert id_list([1, 2], limit=2) == "1, 2"
