@@ -306,10 +306,13 @@ def _report(event: ProgressEvent | None, strict: bool) -> int:
         f"  sheets: {result['sheets_processed']} processed, "
         f"{result['sheets_failed']} failed, of {result['sheets_total']}"
     )
+    # A row is updated when any stored value differs (confidence or fills
+    # too); undo restores those rows. "changed" counts new answers alone.
     print(
-        f"  answers: {result['answers_written']} written, "
-        f"{result['answers_changed']} changed; "
-        f"{result['sheets_score_changed']} scores changed"
+        f"  answers: {result['answers_written']:,} written, "
+        f"{result.get('answers_updated', 0):,} updated, of which "
+        f"{result['answers_changed']:,} with another answer; "
+        f"{counted(result['sheets_score_changed'], 'score')} changed"
     )
     for failed in result["failed_sheets"]:
         print(f"  failed sheet {failed['sheet_id']}: {failed['error']}")

@@ -54,6 +54,7 @@ from omr_desktop.pipeline.copy_rows import (
     encode_sheet,
 )
 from omr_desktop.pipeline.events import ProgressEvent, ProgressSink
+from omr_desktop.plural import counted, id_list
 
 logger = logging.getLogger(__name__)
 
@@ -384,15 +385,12 @@ def _ended_elsewhere_reason(conn: psycopg.Connection, task_id: str) -> str:
 
 
 def _completed_message(result: dict[str, Any]) -> str:
+    failed = result["sheets_failed"]
     return (
-        f"Reprocess completed: {result['sheets_processed']} sheets, "
-        f"{result['answers_changed']} answers changed, "
-        f"{result['sheets_score_changed']} scores changed"
-        + (
-            f", {result['sheets_failed']} sheets failed"
-            if result["sheets_failed"]
-            else ""
-        )
+        f"Reprocess completed: {counted(result['sheets_processed'], 'sheet')}, "
+        f"{counted(result['answers_changed'], 'answer')} changed, "
+        f"{counted(result['sheets_score_changed'], 'score')} changed"
+        + (f", {counted(failed, 'sheet')} failed" if failed else "")
     )
 
 
@@ -404,7 +402,7 @@ def _load_sheets(
 ) -> tuple[list[SheetJob], ProfileSettings]:
     started = time.monotonic()
     if not run.detected_elsewhere:
-        run.emit(ev.LOADING_SHEETS, f"Loading {run.total} sheets", 0)
+        run.emit(ev.LOADING_SHEETS, f"Loading {counted(run.total, 'sheet')}", 0)
     settings = load_profile_settings(conn, run.request.profile_id)
     rows = reprocess_store.lock_sheets(
         conn, list(run.request.sheet_ids), with_fills=run.request.redecide
@@ -412,7 +410,7 @@ def _load_sheets(
     jobs = jobs_for_rows(conn, run.request, rows, settings)
     run.stage_times[ev.LOADING_SHEETS] = time.monotonic() - started
     if not run.detected_elsewhere:
-        run.emit(ev.LOADING_SHEETS, f"Loaded {len(jobs)} sheets", 100)
+        run.emit(ev.LOADING_SHEETS, f"Loaded {counted(len(jobs), 'sheet')}", 100)
     return jobs, settings
 
 
@@ -443,7 +441,7 @@ def jobs_for_rows(
     """
     missing = sorted(set(request.sheet_ids) - {r.id for r in rows})
     if missing:
-        raise ReprocessError(f"Unknown sheet ids: {_ids(missing)}.")
+        raise ReprocessError(f"Unknown sheet ids: {id_list(missing)}.")
     layouts = reprocess_store.load_layouts(conn, {r.template_id for r in rows})
     templates = {tid: Template.from_dict(layout) for tid, layout in layouts.items()}
     if request.redecide:
@@ -472,17 +470,13 @@ def _check_redecide(rows: Sequence[SheetRow], settings: ProfileSettings) -> None
     wanted = measurement_hash(settings)
     unusable = [r.id for r in rows if r.fills is None or r.measurement_hash != wanted]
     if unusable:
+        subject = "Sheet {} has" if len(unusable) == 1 else "Sheets {} have"
         raise ReprocessError(
-            f"Sheets {_ids(unusable)} have no stored fills measured the way this "
-            "profile measures (other measurement settings, or an earlier "
-            "version of the engine), so they cannot be re-decided without "
-            "their images. Reprocess them without --redecide."
+            subject.format(id_list(unusable))
+            + " no stored fills measured the way this profile measures (other"
+            " measurement settings, or an earlier version of the engine)."
+            " Reprocess without --redecide to read the images again."
         )
-
-
-def _ids(ids: Sequence[int], limit: int = 20) -> str:
-    shown = ", ".join(str(i) for i in ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 # -- Processing Sheets -----------------------------------------------------------
@@ -714,7 +708,7 @@ def _load_to_database(
     good = run.processed - len(run.failed)
     run.emit(
         ev.LOADING_TO_DATABASE,
-        f"Updating answers of {good} sheets from the staging table",
+        f"Updating answers of {counted(good, 'sheet')} from the staging table",
         0,
     )
     started = time.monotonic()
@@ -749,7 +743,7 @@ def _recalculate_scores(conn: psycopg.Connection, run: _Run) -> int:
     run.stage_times[ev.RECALCULATING_SCORES] = elapsed
     run.emit(
         ev.RECALCULATING_SCORES,
-        f"Rescored {rescored} sheets ({changed} scores changed)",
+        f"Rescored {counted(rescored, 'sheet')} ({counted(changed, 'score')} changed)",
         100,
     )
     return changed

@@ -1742,8 +1742,8 @@ def test_redecide_without_stored_fills_fails_clearly(
 
     events = event_log.of(task_id)
     reason = assert_failed_and_unchanged(database, db, events, task_id, before)
-    assert reason.startswith(f"Sheets {missing} have no stored fills ")
-    assert "cannot be re-decided without their images" in reason
+    assert reason.startswith(f"Sheet {missing} has no stored fills ")
+    assert "Reprocess without --redecide to read the images again" in reason
 
 
 def test_redecide_other_measurement_fails_clearly(

@@ -173,13 +173,20 @@ def test_cli_reprocess_and_undo_exit_codes(
     )
     assert main(["reprocess", "--sheets", f"{sheets},999999", "--profile", "2"]) == 2
     assert "Unknown sheet ids: 999999" in capsys.readouterr().err
-    assert main(["reprocess", "--batch", "Demo", "--profile", "2", "--strict"]) == 0
+    assert main(["reprocess", "--batch", "Demo", "--profile", "3", "--strict"]) == 0
+    out = capsys.readouterr()
+    last_task = out.err.split("Task ", 1)[1].split(":", 1)[0]
+    updated = out.out.split(" updated, of which ", 1)[0].rsplit(" ", 1)[1]
     assert main(["reprocess", "--undo", "not-a-uuid"]) == 2
     assert main(["reprocess", "--undo", task_id]) == 1
     assert "later task" in capsys.readouterr().err
     undone = main(["reprocess", "--undo", "00000000-0000-0000-0000-000000000000"])
     assert undone == 2
     assert "does not exist" in capsys.readouterr().err
+    # Undo restores the rows the result counted as updated.
+    assert updated != "0"
+    assert main(["reprocess", "--undo", last_task]) == 0
+    assert f"4 sheets and {updated} answers restored" in capsys.readouterr().out
 
 
 def test_cli_export_writes_sheet_and_answer_rows(
