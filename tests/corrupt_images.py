@@ -58,3 +58,31 @@ def jpeg_with_orientation(data: bytes, orientation: int, byte_order: str) -> byt
     body = b"Exif\x00\x00" + tiff
     segment = b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
     return data[:2] + segment + data[2:]
+
+
+def tiff_claiming_size(width: int, height: int) -> bytes:
+    """Return a grey, uncompressed TIFF whose header claims ``width`` x ``height``.
+
+    Its only strip holds one byte, so a decoder that checks the size
+    before it allocates the page rejects the file at once.
+    """
+    # Tag, type (3 SHORT, 4 LONG), count, value.
+    entries = [
+        (256, 4, 1, width),  # ImageWidth
+        (257, 4, 1, height),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 1),  # Compression: none
+        (262, 3, 1, 1),  # PhotometricInterpretation: black is zero
+        (273, 4, 1, 8),  # StripOffsets: the byte after the header
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (278, 4, 1, height),  # RowsPerStrip
+        (279, 4, 1, 1),  # StripByteCounts
+    ]
+    directory = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        packed = (
+            struct.pack("<HI", value, 0)[:4] if kind == 3 else struct.pack("<I", value)
+        )
+        directory += struct.pack("<HHI", tag, kind, count) + packed
+    directory += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 12) + b"\x00" * 4 + directory

@@ -32,17 +32,18 @@ REDUCED_DECODE_MIN_BUBBLE_PX = 24
 # reprocess. A 600 dpi A4 scan is 35 megapixels, and uncompressed in
 # colour 105 MB.
 MAX_FILE_BYTES = 128 * 1024 * 1024
+# The package's __init__ sets OpenCV's own limit to the same number.
 MAX_PIXELS = 100_000_000
 
-# libjpeg's warnings about lost or damaged data begin with these words.
-# The decoder goes on after them and fills what it could not read, so
-# OpenCV returns a page with wrong marks and only prints the warning to
-# stderr. Other warnings (an unknown JFIF revision, say) lose nothing.
-_DAMAGED_JPEG = (
-    "Corrupt JPEG data",
-    "Premature end of JPEG file",
-    "Invalid SOS parameters",
-    "Inconsistent progression sequence",
+# The libjpeg warnings after which a page is whole. After any other
+# warning or error in the scan data the decoder has lost data: OpenCV goes
+# on, fills what it could not read, returns a page with wrong marks and
+# only prints the warning to stderr. A header that simplejpeg reads is
+# complete and supported, so a later error means damage, not a format.
+_HARMLESS_JPEG = (
+    "Warning: unknown JFIF revision number",
+    "Unknown Adobe color transform code",
+    "Corrupt JPEG data: bad ICC marker",
 )
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -135,8 +136,12 @@ def decode_grey(
     try:
         decoded = cv2.imdecode(buffer, flags) if buffer.size else None
     except cv2.error as exc:
-        # OpenCV raises instead of returning None for some corrupt files,
-        # such as a header claiming more pixels than it will decode.
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc.err):
+            raise SheetImageError(
+                f"{source}: image has more than the {MAX_PIXELS // 1_000_000} "
+                "megapixels a sheet image may have; scan at a lower resolution"
+            ) from exc
+        # OpenCV raises instead of returning None for some corrupt files.
         raise SheetImageError(
             f"{source}: not a readable image (corrupt, or larger than OpenCV "
             f"decodes: {exc.err})"
@@ -171,10 +176,10 @@ def _decode_jpeg(
 ) -> npt.NDArray[np.uint8] | None:
     """Decode a JPEG to grey with simplejpeg; None leaves it to OpenCV.
 
-    simplejpeg stops at libjpeg's first warning. A warning about damaged
-    data fails the sheet. After any other error (a CMYK JPEG, an unknown
-    JFIF revision) the file goes to OpenCV, which decodes such files as
-    before.
+    simplejpeg stops at libjpeg's first warning. A header it cannot read,
+    a colour space it does not turn into grey (CMYK, YCCK) and a warning
+    that loses no data send the file to OpenCV, which decodes such files
+    as before. Any other error fails the sheet.
     """
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(buffer)
@@ -196,12 +201,12 @@ def _decode_jpeg(
         )
     except ValueError as exc:
         message = str(exc)
-        if message.startswith(_DAMAGED_JPEG):
-            raise SheetImageError(
-                f"{source}: damaged JPEG data ({message}); scan the sheet "
-                "again or restore the file from a copy"
-            ) from exc
-        return None
+        if message.startswith(_HARMLESS_JPEG):
+            return None
+        raise SheetImageError(
+            f"{source}: damaged JPEG data ({message}); scan the sheet "
+            "again or restore the file from a copy"
+        ) from exc
     return _orient(image[:, :, 0], _exif_orientation(buffer))
 
 

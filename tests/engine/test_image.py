@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -22,6 +24,7 @@ from tests.corrupt_images import (
     jpeg_claiming_size,
     jpeg_with_orientation,
     png_claiming_size,
+    tiff_claiming_size,
 )
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -82,6 +85,15 @@ def test_oversized_png_header_is_rejected(demo: Template, tmp_path: Path) -> Non
         load_sheet_image(path, demo)
 
 
+def test_oversized_tiff_header_is_rejected(demo: Template, tmp_path: Path) -> None:
+    path = tmp_path / "huge.tif"
+    path.write_bytes(tiff_claiming_size(20_000, 20_000))
+    with pytest.raises(
+        SheetImageError, match="huge.tif: image has more than the 100 megapixels"
+    ):
+        load_sheet_image(path, demo)
+
+
 def test_oversized_jpeg_header_is_rejected(demo: Template, tmp_path: Path) -> None:
     ok, encoded = cv2.imencode(".jpg", np.full((64, 48), 200, np.uint8))
     assert ok
@@ -107,24 +119,53 @@ def test_oversized_file_not_read(
     assert not read
 
 
-@pytest.mark.parametrize("cut", ["zeroed", "truncated"])
+def _half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _marker_in_scan(data: bytes) -> bytes:
+    # A marker that libjpeg does not know, where the scan data should go on.
+    middle = len(data) // 2
+    return data[:middle] + b"\xff\x04" + data[middle + 2 :]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason", "opencv_reads"),
+    [
+        (damaged_jpeg, "Corrupt JPEG data: premature end of data segment", True),
+        (_marker_in_scan, "Unsupported marker type 0x04", True),
+        (_half, "Premature end of JPEG file", False),
+    ],
+)
 def test_damaged_jpeg_is_rejected(
-    cut: str, demo: Template, rng: np.random.Generator, tmp_path: Path
+    damage: Callable[[bytes], bytes],
+    reason: str,
+    opencv_reads: bool,
+    demo: Template,
+    rng: np.random.Generator,
+    tmp_path: Path,
 ) -> None:
-    data = render_sheet(demo, random_truth(demo, rng, "clean"), rng)
-    broken = damaged_jpeg(data) if cut == "zeroed" else data[: len(data) // 2]
-    if cut == "zeroed":
-        # OpenCV hands back a whole page for these bytes, with wrong marks.
-        opencv = cv2.imdecode(np.frombuffer(broken, np.uint8), cv2.IMREAD_GRAYSCALE)
-        assert opencv is not None
-        assert opencv.shape == (2400, 1700)
+    broken = damage(render_sheet(demo, random_truth(demo, rng, "clean"), rng))
+    opencv = cv2.imdecode(np.frombuffer(broken, np.uint8), cv2.IMREAD_GRAYSCALE)
+    # Where OpenCV hands back a whole page, its marks are wrong.
+    assert (opencv is not None) == opencv_reads
     path = tmp_path / "damaged.jpg"
     path.write_bytes(broken)
-    reason = "Corrupt JPEG data" if cut == "zeroed" else "Premature end of JPEG file"
     with pytest.raises(
-        SheetImageError, match=f"damaged.jpg: damaged JPEG data \\({reason}"
+        SheetImageError, match=f"damaged.jpg: damaged JPEG data \\({reason}\\)"
     ):
         load_sheet_image(path, demo)
+
+
+def test_harmless_jpeg_warning_goes_to_opencv(
+    demo: Template, rng: np.random.Generator
+) -> None:
+    data = render_sheet(demo, random_truth(demo, rng, "clean"), rng)
+    # JFIF 2.01 does not exist: libjpeg warns and decodes the page whole.
+    start = data.index(b"JFIF\x00") + 5
+    newer = np.frombuffer(data[:start] + b"\x02" + data[start + 1 :], np.uint8)
+    expected = cv2.imdecode(newer, cv2.IMREAD_REDUCED_GRAYSCALE_2)
+    np.testing.assert_array_equal(decode_grey(newer, reduced=True), expected)
 
 
 def _sample_jpegs() -> list[Path]:
@@ -194,3 +235,7 @@ def test_image_at_half_page_is_accepted(demo: Template, tmp_path: Path) -> None:
     path = tmp_path / "half.png"
     cv2.imwrite(str(path), np.full((1200, 850), 235, np.uint8))
     assert load_sheet_image(path, demo).shape == (2400, 1700)
+
+
+def test_opencv_pixel_limit_matches_engine() -> None:
+    assert os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] == str(image_module.MAX_PIXELS)
