@@ -110,8 +110,9 @@ def add_reprocess_commands(commands: argparse._SubParsersAction) -> None:  # typ
         type=Path,
         required=True,
         metavar="FILE.csv",
-        help="path of the CSV file to write (UTF-8); missing folders are "
-        "created, and an existing file is replaced",
+        help="path of the CSV file to write (UTF-8), or - for standard "
+        "output; missing folders are created, an existing file is replaced "
+        "and a link is followed",
     )
     export.add_argument(
         "--answers",
@@ -409,12 +410,14 @@ def _duration(seconds: float) -> str:
 def run_export(args: argparse.Namespace) -> int:
     from omr_desktop.db.export import ExportError, ExportWriteError, export_batch
 
+    # "-" is standard output, as for most command-line tools.
+    to_stdout = str(args.out) == "-"
     with Database() as database, database.connect() as conn:
         try:
             rows = export_batch(
                 conn,
                 args.batch,
-                args.out,
+                sys.stdout if to_stdout else args.out,
                 sheet_ids=args.sheets,
                 per_answer=args.answers,
             )
@@ -424,5 +427,10 @@ def run_export(args: argparse.Namespace) -> int:
         except ExportWriteError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_TASK_FAILED
-    print(f"Wrote {counted(rows, 'row')} to {args.out}.")
+    where = "standard output" if to_stdout else args.out
+    # On standard error when the rows go to standard output.
+    print(
+        f"Wrote {counted(rows, 'row')} to {where}.",
+        file=sys.stderr if to_stdout else sys.stdout,
+    )
     return EXIT_OK

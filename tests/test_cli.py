@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,9 @@ import psycopg
 import pytest
 
 from omr_desktop.cli import main
+
+# Seconds to wait for the thread that reads the export from a pipe.
+TIMEOUT_S = 60
 
 pytestmark = pytest.mark.db
 
@@ -312,6 +317,58 @@ def test_export_writes_one_row_in_singular(
 
     assert capsys.readouterr().out == f"Wrote 1 row to {out}.\n"
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_export_follows_link_to_file(
+    one_sheet_batch: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "kept" / "sheets.csv"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(target)
+
+    assert main(["export", "--batch", "Small", "--out", str(link)]) == 0
+
+    assert link.is_symlink()
+    assert len(target.read_text().splitlines()) == 2
+    assert sorted(p.name for p in target.parent.iterdir()) == ["sheets.csv"]
+
+
+def test_export_writes_into_pipe(
+    one_sheet_batch: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A pipe stands for a device such as /dev/null: both are written into,
+    # never replaced by a file.
+    folder = tmp_path / "out"
+    folder.mkdir()
+    pipe = folder / "rows.fifo"
+    os.mkfifo(pipe)
+    received: list[str] = []
+    reader = threading.Thread(
+        target=lambda: received.append(pipe.read_text()), daemon=True
+    )
+    reader.start()
+
+    status = main(["export", "--batch", "Small", "--out", str(pipe)])
+    reader.join(TIMEOUT_S)
+
+    assert status == 0
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    assert len(received[0].splitlines()) == 2
+    assert list(folder.iterdir()) == [pipe]
+
+
+def test_export_dash_writes_standard_output(
+    one_sheet_batch: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", "--batch", "Small", "--out", "-"]) == 0
+
+    out = capsys.readouterr()
+    assert out.out.splitlines()[0].startswith("sequence_no,")
+    assert len(out.out.splitlines()) == 2
+    assert out.err == "Wrote 1 row to standard output.\n"
+    assert not (Path.cwd() / "-").exists()
 
 
 @pytest.mark.parametrize(

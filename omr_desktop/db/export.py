@@ -6,7 +6,7 @@ import csv
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import psycopg
 
@@ -26,7 +26,7 @@ class ExportWriteError(RuntimeError):
 def export_batch(
     conn: psycopg.Connection,
     batch_name: str,
-    out: Path,
+    out: Path | TextIO,
     *,
     sheet_ids: Sequence[int] | None = None,
     per_answer: bool = False,
@@ -38,7 +38,9 @@ def export_batch(
     student, question, raw, corrected, confidence, reason, needs review.
 
     The rows go to ``<out>.partial`` first, which replaces ``out`` only when
-    complete and is deleted when anything fails.
+    complete and is deleted when anything fails. A link as ``out`` is
+    followed. A device or pipe, and an open text stream such as
+    ``sys.stdout``, is written into directly.
 
     Raises:
         ExportError: no such batch, sheets outside it, or ``out`` is a folder.
@@ -50,11 +52,23 @@ def export_batch(
     if batch is None:
         raise ExportError(f"No batch named {batch_name!r}.")
     ids = _sheet_ids(conn, int(batch[0]), sheet_ids)
+    if not isinstance(out, Path):
+        return _write_rows(conn, out, ids, per_answer)
     if out.is_dir():
         raise ExportError(
             f"The output path {out} is a folder. Give the path of a CSV file "
             f"instead, such as {out / 'export.csv'}."
         )
+    # A link is followed, so that it points to the new file afterwards.
+    out = out.resolve() if out.is_symlink() else out
+    if out.exists() and not out.is_file():
+        # A device or a pipe (/dev/null, a FIFO) is written into: renaming
+        # a file over it would replace it.
+        try:
+            with out.open("w", newline="", encoding="utf-8") as handle:
+                return _write_rows(conn, handle, ids, per_answer)
+        except OSError as exc:
+            raise _write_error(out, exc) from exc
     partial = out.with_name(out.name + ".partial")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -66,13 +80,17 @@ def export_batch(
         # KeyboardInterrupt or a database error, is raised unchanged.
         _discard(partial)
         if isinstance(exc, OSError):
-            reason = exc.strerror or str(exc)
-            raise ExportWriteError(
-                f"Cannot write {out}: {reason}. Check that the folder is "
-                "writable and the disk has space, or choose another path."
-            ) from exc
+            raise _write_error(out, exc) from exc
         raise
     return count
+
+
+def _write_error(out: Path, exc: OSError) -> ExportWriteError:
+    reason = exc.strerror or str(exc)
+    return ExportWriteError(
+        f"Cannot write {out}: {reason}. Check that the folder is writable "
+        "and the disk has space, or choose another path."
+    )
 
 
 def _discard(partial: Path) -> None:
@@ -86,10 +104,16 @@ def _write_file(
     conn: psycopg.Connection, path: Path, ids: list[int], per_answer: bool
 ) -> int:
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        if per_answer:
-            return _write_answers(conn, writer, ids)
-        return _write_sheets(conn, writer, ids)
+        return _write_rows(conn, handle, ids, per_answer)
+
+
+def _write_rows(
+    conn: psycopg.Connection, handle: TextIO, ids: list[int], per_answer: bool
+) -> int:
+    writer = csv.writer(handle)
+    if per_answer:
+        return _write_answers(conn, writer, ids)
+    return _write_sheets(conn, writer, ids)
 
 
 def _sheet_ids(
