@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from omr_desktop.db.batch_store import unknown_batch_message
 from omr_desktop.db.database import Database
 from omr_desktop.db.id_range import MAX_PROFILE_ID, MAX_SHEET_ID
 from omr_desktop.engine_setup import EngineSetup, close_engine, configured_engine
@@ -216,11 +217,7 @@ def _batch_sheet_ids(database: Database, name: str) -> list[int] | None:
             "SELECT id FROM batches WHERE name = %s", (name,)
         ).fetchone()
         if batch is None:
-            print(
-                f"error: no batch named {name!r}. 'omr-desktop db status' counts "
-                "the batches; the GUI lists them.",
-                file=sys.stderr,
-            )
+            print(f"error: {unknown_batch_message(conn, name)}", file=sys.stderr)
             return None
         rows = conn.execute(
             "SELECT id FROM sheets WHERE batch_id = %s ORDER BY sequence_no",

@@ -18,6 +18,9 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
+# An unknown batch's error names this many batches, in name order.
+SHOWN_BATCHES = 20
+
 
 class BatchExistsError(ValueError):
     """A batch of that name exists already."""
@@ -286,3 +289,20 @@ def delete_batch(conn: psycopg.Connection, batch_id: int) -> int:
             (key[0],),
         )
     return len(sheet_ids)
+
+
+def unknown_batch_message(conn: psycopg.Connection, name: str) -> str:
+    """Return the error for a batch name that does not exist, naming the batches."""
+    rows = conn.execute(
+        "SELECT name FROM batches ORDER BY name LIMIT %s", (SHOWN_BATCHES + 1,)
+    ).fetchall()
+    names = [str(r[0]) for r in rows]
+    if not names:
+        return (
+            f"No batch named {name!r}: the database has no batches. Import "
+            "scans with 'omr-desktop import' first."
+        )
+    shown = ", ".join(repr(n) for n in names[:SHOWN_BATCHES])
+    if len(names) > SHOWN_BATCHES:
+        shown += " and more"
+    return f"No batch named {name!r}. The batches are: {shown}."

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import psycopg
 
+from omr_desktop.db.batch_store import unknown_batch_message
 from omr_desktop.plural import id_list, noun
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def export_batch(
         "SELECT id FROM batches WHERE name = %s", (batch_name,)
     ).fetchone()
     if batch is None:
-        raise ExportError(f"No batch named {batch_name!r}.")
+        raise ExportError(unknown_batch_message(conn, batch_name))
     ids = _sheet_ids(conn, int(batch[0]), sheet_ids)
     if not isinstance(out, Path):
         return _write_rows(conn, out, ids, per_answer)

@@ -258,7 +258,10 @@ class LocalDetection:
         self.workers = workers
 
     def dispatch_message(self, sheets: int, mode: str) -> str | None:
-        return f"Dispatching {sheets} tasks to {self.workers} workers ({mode})"
+        return (
+            f"Dispatching {counted(sheets, 'task')} to "
+            f"{counted(self.workers, 'worker')} ({mode})"
+        )
 
     def outcomes(
         self,
@@ -689,7 +692,7 @@ def _collect_results(run: _Run) -> None:
     run.emit(ev.COLLECTING_RESULTS, "Collecting results from the workers", 0)
     run.emit(
         ev.COLLECTING_RESULTS,
-        f"Collected {good} results ({len(run.failed)} failed)",
+        f"Collected {counted(good, 'result')} ({len(run.failed)} failed)",
         100,
     )
     run.emit(ev.GENERATING_CSV, "Encoding COPY rows for the staging tables", 0)

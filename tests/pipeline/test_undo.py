@@ -193,6 +193,7 @@ def test_cli_export_writes_sheet_and_answer_rows(
     seeded: tuple[Database, list[int]],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     database, _ids = seeded
     monkeypatch.setenv("OMR_DATABASE_URL", database.conninfo)
@@ -205,6 +206,9 @@ def test_cli_export_writes_sheet_and_answer_rows(
         main(["export", "--batch", "Demo", "--out", str(answers_csv), "--answers"]) == 0
     )
     assert main(["export", "--batch", "Nope", "--out", str(sheets_csv)]) == 2
+    assert "No batch named 'Nope'. The batches are: 'Demo'." in capsys.readouterr().err
+    assert main(["reprocess", "--batch", "Nope", "--profile", "2"]) == 2
+    assert "No batch named 'Nope'. The batches are: 'Demo'." in capsys.readouterr().err
 
     sheet_lines = sheets_csv.read_text().splitlines()
     assert sheet_lines[0].startswith("sequence_no,sheet_id,student_code,")
