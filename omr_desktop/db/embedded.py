@@ -60,6 +60,14 @@ STOP_TIMEOUT_S = 60
 # 56 MB primary key); at 1 GB a reprocess changing all of them took as long.
 # max_wal_size keeps a 1 M-row UPDATE from forcing checkpoints mid-load, and
 # the work_mem values let the staging join and index builds run in memory.
+# The background writer and the WAL writer wake every 10 ms instead of 200,
+# and the background writer may write up to 1,000 buffers a round. During
+# a reprocess's UPDATE they then write dirty buffers on the idle core, so
+# the UPDATE's own backend less often has to flush the WAL and write a
+# buffer before it can reuse it. Both are needed: either alone gained
+# nothing, together a million-row UPDATE took 0.3-0.6 s less after a
+# restart (3.8-4.0 s). Both sleep longer when the server is idle. Every
+# start writes these settings again, so an existing cluster gets them too.
 SERVER_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "unix_socket_directories": "''",
@@ -69,6 +77,10 @@ SERVER_SETTINGS = {
     "maintenance_work_mem": "'256MB'",
     "max_wal_size": "'4GB'",
     "checkpoint_timeout": "'15min'",
+    "bgwriter_delay": "'10ms'",
+    "bgwriter_lru_maxpages": "1000",
+    "bgwriter_lru_multiplier": "10",
+    "wal_writer_delay": "'10ms'",
     "log_min_messages": "warning",
     "log_line_prefix": "'%m [%p] '",
 }
@@ -152,6 +164,7 @@ class EmbeddedServer:
                 self._initdb(binaries, account)
             running = self._find_running(binaries, account)
             if running is None:
+                self._write_settings(account)
                 running = self._start_server(binaries, account)
             self._ensure_database(running.port)
             self._write_state(running)
@@ -365,17 +378,24 @@ class EmbeddedServer:
             ) from exc
 
     def _write_server_config(self, account: ServiceAccount) -> None:
+        self._write_settings(account)
+        with (self.cluster_dir / "postgresql.conf").open("a", encoding="utf-8") as f:
+            f.write(f"\ninclude_if_exists = '{CONFIG_FILE_NAME}'\n")
+
+    def _write_settings(self, account: ServiceAccount) -> None:
+        """Write SERVER_SETTINGS to the file that postgresql.conf includes.
+
+        ALTER SYSTEM settings still win: postgresql.auto.conf is read last.
+        """
         lines = [f"{key} = {value}" for key, value in SERVER_SETTINGS.items()]
         config = self.cluster_dir / CONFIG_FILE_NAME
         config.write_text(
-            "# Written by OMR Desktop for its embedded database.\n"
+            "# Written by OMR Desktop for its embedded database at each start.\n"
             + "\n".join(lines)
             + "\n",
             encoding="utf-8",
         )
         account.chown(config)
-        with (self.cluster_dir / "postgresql.conf").open("a", encoding="utf-8") as f:
-            f.write(f"\ninclude_if_exists = '{CONFIG_FILE_NAME}'\n")
 
     # -- Finding and starting the server --------------------------------
 

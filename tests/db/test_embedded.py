@@ -17,7 +17,9 @@ import pytest
 
 from omr_desktop import resources
 from omr_desktop.db.embedded import (
+    CONFIG_FILE_NAME,
     PASSWORD_FILE_NAME,
+    SERVER_SETTINGS,
     STATE_FILE_NAME,
     EmbeddedDatabaseError,
     EmbeddedServer,
@@ -82,6 +84,23 @@ def test_server_accepts_only_loopback_with_password(server: EmbeddedServer) -> N
         psycopg.connect(
             f"host=127.0.0.1 port={running.port} user=omr dbname=omr password=wrong"
         )
+
+
+def test_start_writes_current_settings(server: EmbeddedServer) -> None:
+    server.start()
+    server.stop()
+    # As an older version of OMR Desktop left it.
+    (server.cluster_dir / CONFIG_FILE_NAME).write_text("shared_buffers = '128MB'\n")
+
+    again = EmbeddedServer(server.data_dir)
+    again.start()
+
+    for name, value in SERVER_SETTINGS.items():
+        setting = query_one(
+            again.conninfo(), f"SELECT setting FROM pg_settings WHERE name = '{name}'"
+        )
+        shown = query_one(again.conninfo(), f"SHOW {name}")
+        assert value.strip("'") in (setting, shown), name
 
 
 def test_restart_keeps_data(server: EmbeddedServer) -> None:
