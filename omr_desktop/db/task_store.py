@@ -191,8 +191,9 @@ def mark_interrupted(conn: psycopg.Connection) -> list[str]:
 def _append_interrupted_event(conn: psycopg.Connection, task_id: str) -> None:
     """End the task's stored log with an error event, as a failing task's ends.
 
-    Like that event, it carries the counts and elapsed time of the last
-    event stored, so a client sees how far the task got.
+    Like that event, it carries the counts, elapsed time and overall
+    percentage of the last event stored, so a client sees how far the task
+    got.
     """
     event_id = last_event_id(conn, task_id) + 1
     row = conn.execute(
@@ -211,7 +212,7 @@ def _append_interrupted_event(conn: psycopg.Connection, task_id: str) -> None:
         "stage": "Failed",
         "message": "Reprocess failed: interrupted",
         "progress_percentage": 0.0,
-        "overall_percentage": 0.0,
+        "overall_percentage": float(last.get("overall_percentage", 0.0)),
         "processed": int(last.get("processed", 0)),
         "total": int(row[0]) if row else 0,
         "failed": int(last.get("failed", 0)),

@@ -117,8 +117,9 @@ def error_event(
 ) -> ProgressEvent:
     """Build a failed task's ``error`` event.
 
-    The counts and elapsed time are those of ``last``, the last event sent,
-    so a client sees how far the task got.
+    The counts, elapsed time and overall percentage are those of ``last``,
+    the last event sent, so a client sees how far the task got and a
+    single progress bar stays where the task stopped.
     """
     return ProgressEvent(
         task_id=task_id,
@@ -126,7 +127,7 @@ def error_event(
         stage=FAILED,
         message=f"Reprocess failed: {reason}",
         progress_percentage=0.0,
-        overall_percentage=0.0,
+        overall_percentage=last.overall_percentage if last else 0.0,
         processed=last.processed if last else 0,
         total=total,
         failed=last.failed if last else 0,

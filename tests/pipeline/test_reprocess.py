@@ -1861,7 +1861,13 @@ def test_interrupted_task_log_ends_with_error(
         task_id,
         1,
         ev.PROGRESS,
-        {"stage": ev.PROCESSING_SHEETS, "processed": 7, "failed": 1, "elapsed_s": 2.5},
+        {
+            "stage": ev.PROCESSING_SHEETS,
+            "processed": 7,
+            "failed": 1,
+            "elapsed_s": 2.5,
+            "overall_percentage": 40.0,
+        },
     )
 
     make_manager()
@@ -1874,6 +1880,7 @@ def test_interrupted_task_log_ends_with_error(
     assert last.data["processed"] == 7
     assert last.data["failed"] == 1
     assert last.data["elapsed_s"] == 2.5
+    assert last.data["overall_percentage"] == 40.0
 
 
 @pytest.fixture

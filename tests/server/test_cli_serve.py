@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -161,6 +162,10 @@ def test_sigterm_ends_streams_with_error_event(
 
     assert running[-1].event == "error"
     assert "cancelled" in running[-1].data
+    # The bar stays where the task stopped instead of falling back to 0.
+    progress = [json.loads(e.data) for e in running if e.event == "progress"]
+    reached = progress[-1]["overall_percentage"] if progress else 0.0
+    assert json.loads(running[-1].data)["overall_percentage"] == reached
     assert queued[-1].event == "error"
     assert "cancelled" in queued[-1].data
     assert code == 0
