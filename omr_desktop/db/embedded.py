@@ -356,7 +356,8 @@ class EmbeddedServer:
                 f"initdb failed for {self.cluster_dir} (exit {done.returncode}): "
                 f"{_tail(done.stderr or done.stdout)}"
             )
-        self._write_server_config(account)
+        # start() writes the settings file before the first start.
+        self._include_settings()
 
     def _new_password(self) -> str:
         password = secrets.token_urlsafe(24)
@@ -377,8 +378,8 @@ class EmbeddedServer:
                 "Run OMR Desktop as the user who created the data folder."
             ) from exc
 
-    def _write_server_config(self, account: ServiceAccount) -> None:
-        self._write_settings(account)
+    def _include_settings(self) -> None:
+        """Make postgresql.conf read the file that `_write_settings` writes."""
         with (self.cluster_dir / "postgresql.conf").open("a", encoding="utf-8") as f:
             f.write(f"\ninclude_if_exists = '{CONFIG_FILE_NAME}'\n")
 

@@ -487,6 +487,14 @@ def _differences(keep_manual: bool, staged: str) -> tuple[sql.Composed, sql.Comp
     return differ(_ANSWER_VALUES[:2]), differ(_ANSWER_VALUES)
 
 
+def _staged_columns(alias: str) -> sql.Composed:
+    """Return the staged columns of the row ``alias``, comma-separated."""
+    return sql.SQL(", ").join(
+        sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c))
+        for c in _STAGED_COLUMNS
+    )
+
+
 def _changes_statement(staging: Staging, keep_manual: bool) -> sql.Composed:
     """Return the statement that fills ``reprocess_changes``."""
     answer_differs, any_differs = _differences(keep_manual, "s")
@@ -500,9 +508,7 @@ def _changes_statement(staging: Staging, keep_manual: bool) -> sql.Composed:
         " WHERE a.ctid IS NULL OR {any_differs}"
     ).format(
         staging=staging.answers,
-        staged_columns=sql.SQL(", ").join(
-            sql.SQL("s.{}").format(sql.Identifier(c)) for c in _STAGED_COLUMNS
-        ),
+        staged_columns=_staged_columns("s"),
         answer_differs=answer_differs,
         any_differs=any_differs,
     )
@@ -564,9 +570,7 @@ def _insert_missing_answers(
             "SELECT {} FROM {} s WHERE NOT EXISTS (SELECT 1 FROM omr_answers a"
             " WHERE a.sheet_id = s.sheet_id AND a.question = s.question)"
         ).format(
-            sql.SQL(", ").join(
-                sql.SQL("s.{}").format(sql.Identifier(c)) for c in _STAGED_COLUMNS
-            ),
+            _staged_columns("s"),
             staging.answers,
         )
     row = conn.execute(

@@ -195,17 +195,18 @@ def _append_interrupted_event(conn: psycopg.Connection, task_id: str) -> None:
     percentage of the last event stored, so a client sees how far the task
     got.
     """
-    event_id = last_event_id(conn, task_id) + 1
     row = conn.execute(
         "SELECT coalesce(array_length(sheet_ids, 1), 0) FROM reprocess_tasks"
         " WHERE task_id = %s",
         (task_id,),
     ).fetchone()
     stored = conn.execute(
-        "SELECT data FROM task_events WHERE task_id = %s AND event_id = %s",
-        (task_id, event_id - 1),
+        "SELECT event_id, data FROM task_events WHERE task_id = %s"
+        " ORDER BY event_id DESC LIMIT 1",
+        (task_id,),
     ).fetchone()
-    last: dict[str, Any] = stored[0] if stored else {}
+    event_id = int(stored[0]) + 1 if stored else 1
+    last: dict[str, Any] = stored[1] if stored else {}
     data = {
         "task_id": task_id,
         "event": "error",

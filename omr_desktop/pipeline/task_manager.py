@@ -85,9 +85,7 @@ class UnknownSheetsError(TaskRequestError):
     http_status = 404
 
     def __init__(self, missing: Sequence[int]) -> None:
-        shown = ", ".join(str(i) for i in missing[:20])
-        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-        super().__init__(f"Unknown sheet ids: {shown}{more}.")
+        super().__init__(f"Unknown sheet ids: {id_list(missing)}.")
         self.missing = list(missing)
 
 
