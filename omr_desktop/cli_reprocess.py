@@ -125,7 +125,7 @@ def add_reprocess_commands(commands: argparse._SubParsersAction) -> None:  # typ
 
 
 def _id_list(text: str) -> list[int]:
-    """Parse comma-separated sheet ids; drop repeats, keeping the first's place."""
+    """Parse comma-separated sheet ids, dropping repeats after the first."""
     ids: dict[int, None] = {}
     for part in text.split(","):
         part = part.strip()
@@ -304,8 +304,8 @@ def _report(event: ProgressEvent | None, strict: bool) -> int:
         f"  sheets: {result['sheets_processed']} processed, "
         f"{result['sheets_failed']} failed, of {result['sheets_total']}"
     )
-    # A row is updated when any stored value differs (confidence or fills
-    # too); undo restores those rows. "changed" counts new answers alone.
+    # A row is updated when any stored value differs, confidence and fills
+    # included, and undo restores those rows. "changed" counts new answers.
     print(
         f"  answers: {result['answers_written']:,} written, "
         f"{result.get('answers_updated', 0):,} updated, of which "

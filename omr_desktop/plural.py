@@ -26,6 +26,6 @@ def id_list(ids: Sequence[object], limit: int = SHOWN_IDS) -> str:
 
     ``id_list([1, 2, 3], limit=2)`` returns "1, 2 and 1 more".
     """
-    shown = ", ".join(str(i) for i in ids[:limit])
+    listed = ", ".join(str(i) for i in ids[:limit])
     rest = len(ids) - limit
-    return f"{shown} and {rest:,} more" if rest > 0 else shown
+    return f"{listed} and {rest:,} more" if rest > 0 else listed

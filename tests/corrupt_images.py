@@ -63,7 +63,7 @@ def jpeg_with_orientation(data: bytes, orientation: int, byte_order: str) -> byt
 def tiff_claiming_size(width: int, height: int) -> bytes:
     """Return a grey, uncompressed TIFF whose header claims ``width`` x ``height``.
 
-    Its only strip holds one byte, so a decoder that checks the size
+    Its only strip contains one byte, so a decoder that checks the size
     before it allocates the page rejects the file at once.
     """
     # Tag, type (3 SHORT, 4 LONG), count, value.

@@ -226,14 +226,14 @@ def test_import_command_reports_invalid_template(
 
 @pytest.fixture
 def one_sheet_batch(use_database: str, db: psycopg.Connection) -> int:
-    """Add the batch 'Small' with one answer-less sheet; return the sheet id."""
+    """Add the batch 'Small' with one answer-less sheet and return the sheet id."""
     from tests.db.builders import add_batch, add_sheet, add_template
 
     batch_id = add_batch(db, "Small", add_template(db), None)
     return add_sheet(db, batch_id, 1, [])
 
 
-def test_export_to_folder_exits_2_and_leaves_nothing(
+def test_export_to_folder_exits_2(
     one_sheet_batch: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "exports" / "2026"
@@ -297,7 +297,7 @@ def test_export_interrupted_removes_partial_file(
     assert list(out.parent.iterdir()) == []
 
 
-def test_export_names_sheet_outside_batch_in_singular(
+def test_export_outside_sheet_singular(
     one_sheet_batch: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "sheets.csv"
@@ -382,7 +382,7 @@ def test_export_dash_writes_standard_output(
         ("12", "error: '12' is not a task id."),
     ],
 )
-def test_undo_of_unknown_or_malformed_task_exits_2(
+def test_undo_bad_task_exits_2(
     use_database: str,
     capsys: pytest.CaptureFixture[str],
     task_id: str,
@@ -393,7 +393,7 @@ def test_undo_of_unknown_or_malformed_task_exits_2(
     assert capsys.readouterr().err.startswith(message)
 
 
-def test_reprocess_of_empty_batch_names_the_batch(
+def test_reprocess_empty_batch_message(
     use_database: str, db: psycopg.Connection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tests.db.builders import add_batch, add_template
@@ -409,7 +409,7 @@ def test_reprocess_of_empty_batch_names_the_batch(
     assert db.execute("SELECT count(*) FROM reprocess_tasks").fetchone() == (0,)
 
 
-def test_reprocess_of_unknown_profile_lists_profiles(
+def test_unknown_profile_lists_profiles(
     one_sheet_batch: int,
     db: psycopg.Connection,
     capsys: pytest.CaptureFixture[str],
@@ -445,7 +445,7 @@ def test_profiles_command_lists_every_profile(
     assert rows["1"][1:3] == ["Default", "built-in"]
     assert rows["100"][1:3] == ["Blurred", "added"]
     assert rows["101"][3] == "invalid"
-    # The built-ins measure alike; a different blur measures differently.
+    # The built-ins measure alike. A profile with another blur measures differently.
     assert rows["1"][3] == rows["2"][3] == rows["3"][3]
     assert rows["100"][3] != rows["1"][3]
 
@@ -461,7 +461,7 @@ def test_reprocess_help_names_profiles_command(
     assert "1 Default, 2 Sensitive, 3 Strict" not in out
 
 
-def test_export_and_prune_history_help_explain_options(
+def test_export_prune_help_texts(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with pytest.raises(SystemExit):
@@ -518,7 +518,7 @@ def test_sheet_ids_count_once_when_repeated() -> None:
         "long profile",
     ],
 )
-def test_invalid_ids_exit_2_naming_the_value(
+def test_invalid_ids_exit_2(
     capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     with pytest.raises(SystemExit) as exited:

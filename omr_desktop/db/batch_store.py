@@ -302,7 +302,7 @@ def unknown_batch_message(conn: psycopg.Connection, name: str) -> str:
             f"No batch named {name!r}: the database has no batches. Import "
             "scans with 'omr-desktop import' first."
         )
-    shown = ", ".join(repr(n) for n in names[:SHOWN_BATCHES])
+    listed = ", ".join(repr(n) for n in names[:SHOWN_BATCHES])
     if len(names) > SHOWN_BATCHES:
-        shown += " and more"
-    return f"No batch named {name!r}. The batches are: {shown}."
+        listed += " and more"
+    return f"No batch named {name!r}. The batches are: {listed}."

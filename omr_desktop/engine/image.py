@@ -187,6 +187,8 @@ def _decode_jpeg(
         return None
     _check_pixels(width, height, source)
     if colorspace not in ("Gray", "YCbCr", "RGB"):
+        # NOTE: OpenCV decodes a damaged CMYK or YCCK JPEG without an error,
+        # so damage in such a file still goes unnoticed.
         return None
     scale = 2 if reduced else 1
     try:

@@ -99,8 +99,8 @@ def test_start_writes_current_settings(server: EmbeddedServer) -> None:
         setting = query_one(
             again.conninfo(), f"SELECT setting FROM pg_settings WHERE name = '{name}'"
         )
-        shown = query_one(again.conninfo(), f"SHOW {name}")
-        assert value.strip("'") in (setting, shown), name
+        displayed = query_one(again.conninfo(), f"SHOW {name}")
+        assert value.strip("'") in (setting, displayed), name
 
 
 def test_restart_keeps_data(server: EmbeddedServer) -> None:

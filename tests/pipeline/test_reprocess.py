@@ -1876,7 +1876,7 @@ def test_interrupted_task_log_ends_with_error(
     last = stored_events(database, task_id)[-1]
     assert last.event == ev.ERROR
     assert last.event_id == 2
-    # How far the task got, as a failing task's own error event tells.
+    # The event reports how far the task got, as a failing task's own does.
     assert last.data["processed"] == 7
     assert last.data["failed"] == 1
     assert last.data["elapsed_s"] == 2.5

@@ -21,7 +21,7 @@ def test_conflict_with_many_sheets_counts_the_rest() -> None:
     assert "20 and 5 more are already in task t-1" in message
 
 
-def test_conflict_advice_holds_over_http() -> None:
+def test_conflict_advice_fits_http() -> None:
     message = str(TaskConflictError("t-1", [150, 151]))
 
     # The HTTP interface cannot cancel a task, so the advice is to wait.
