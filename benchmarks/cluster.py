@@ -55,10 +55,12 @@ from omr_desktop.pipeline.reprocess import ReprocessRequest  # noqa: E402
 from omr_desktop.pipeline.task_manager import TaskManager  # noqa: E402
 
 SENSITIVE = 2
+# Every answer, then every sheet's fills.
 ANSWERS = (
-    "SELECT sheet_id, question, answer_raw, answer_corrected, confidence_score,"
-    " fills FROM omr_answers ORDER BY sheet_id, question"
+    "SELECT sheet_id, question, answer_raw, answer_corrected, confidence_score"
+    " FROM omr_answers ORDER BY sheet_id, question"
 )
+FILLS = "SELECT id, fills FROM sheets ORDER BY id"
 
 
 def main() -> int:
@@ -119,7 +121,7 @@ def drop(conninfo: str, suffix: str) -> None:
 
 def answers(dsn: str) -> list[Any]:
     with psycopg.connect(dsn) as conn:
-        return conn.execute(ANSWERS).fetchall()
+        return conn.execute(ANSWERS).fetchall() + conn.execute(FILLS).fetchall()
 
 
 def run_local(dsn: str, ids: list[int]) -> dict[str, float]:

@@ -37,7 +37,7 @@ from omr_desktop.db.migrate import migrate  # noqa: E402
 # The staged rows: every answer, its raw and corrected answer replaced by
 # another letter where position % every == 0.
 _STAGED = """
-COPY (SELECT sheet_id, question, position, confidence_score, fills,
+COPY (SELECT sheet_id, question, position, confidence_score,
              CASE WHEN position % {every} = 0 THEN 'Z' ELSE answer_raw END,
              CASE WHEN position % {every} = 0 THEN 'Z' ELSE answer_corrected END,
              reason, needs_review

@@ -596,12 +596,7 @@ class _StepLog(logging.Handler):
 
 
 def overwrite_answers(conninfo: str) -> None:
-    """Make every stored answer differ from what the next reprocess reads.
-
-    The fills are kept. Emptying them, as this script once did, made every
-    row grow again in the reprocess, which a real one never does: it never
-    changes the number of fills a row stores.
-    """
+    """Make every stored answer differ from what the next reprocess reads."""
     with psycopg.connect(conninfo) as conn:
         conn.execute(
             "UPDATE omr_answers SET answer_raw = 'Z', answer_corrected = 'Z',"

@@ -114,7 +114,7 @@ def fill_answers(
 ) -> None:
     with conn.cursor().copy(
         "COPY omr_answers (sheet_id, question, position, answer_raw,"
-        " answer_corrected, confidence_score, fills, reason, needs_review)"
+        " answer_corrected, confidence_score, reason, needs_review)"
         " FROM STDIN"
     ) as copy:
         for sheet_id in ids:
@@ -124,7 +124,6 @@ def fill_answers(
                     right if roll < 0.7 else ("" if roll < 0.8 else rng.choice(OPTIONS))
                 )
                 reason = "clear" if answer else "blank"
-                fills = [0.9 if o == answer else 0.05 for o in OPTIONS]
                 copy.write_row(
                     (
                         sheet_id,
@@ -133,7 +132,6 @@ def fill_answers(
                         answer,
                         answer,
                         0.9,
-                        fills,
                         reason,
                         roll > 0.99,
                     )

@@ -76,7 +76,7 @@ def executemany_baseline(conninfo: str) -> float:
         conn.execute("VACUUM ANALYZE answers_baseline")
         rows = conn.execute(
             "SELECT 'X' || answer_raw, 'X' || answer_corrected, confidence_score,"
-            " fills, reason, needs_review, sheet_id, question FROM omr_answers"
+            " reason, needs_review, sheet_id, question FROM omr_answers"
         ).fetchall()
     checkpoint(conninfo)
     with psycopg.connect(conninfo) as conn:
@@ -84,7 +84,7 @@ def executemany_baseline(conninfo: str) -> float:
         with conn.cursor() as cursor:
             cursor.executemany(
                 "UPDATE answers_baseline SET answer_raw = %s, answer_corrected = %s,"
-                " confidence_score = %s, fills = %s, reason = %s, needs_review = %s"
+                " confidence_score = %s, reason = %s, needs_review = %s"
                 " WHERE sheet_id = %s AND question = %s",
                 rows,
             )

@@ -304,7 +304,7 @@ def _report(event: ProgressEvent | None, strict: bool) -> int:
         f"  sheets: {result['sheets_processed']} processed, "
         f"{result['sheets_failed']} failed, of {result['sheets_total']}"
     )
-    # A row is updated when any stored value differs, confidence and fills
+    # A row is updated when any stored value differs, confidence and reason
     # included, and undo restores those rows. "changed" counts new answers.
     print(
         f"  answers: {result['answers_written']:,} written, "

@@ -34,7 +34,6 @@ class AnswerRecord:
     answer_raw: str
     answer_corrected: str
     confidence_score: float
-    fills: Sequence[float]
     reason: str
     needs_review: bool
 
@@ -177,7 +176,7 @@ def write_sheets(
             )
     with conn.cursor().copy(
         "COPY omr_answers (sheet_id, question, position, answer_raw,"
-        " answer_corrected, confidence_score, fills, reason, needs_review)"
+        " answer_corrected, confidence_score, reason, needs_review)"
         " FROM STDIN"
     ) as copy:
         for sheet_id, sheet in zip(ids, sheets, strict=True):
@@ -190,7 +189,6 @@ def write_sheets(
                         a.answer_raw,
                         a.answer_corrected,
                         _rounded([a.confidence_score])[0],
-                        _rounded(a.fills),
                         a.reason,
                         bool(a.needs_review),
                     )

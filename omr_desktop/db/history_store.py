@@ -127,7 +127,7 @@ def _restore_answers(conn: psycopg.Connection, task_id: str) -> tuple[int, int]:
     updated = conn.execute(
         "UPDATE omr_answers a SET answer_raw = h.answer_raw,"
         " answer_corrected = h.answer_corrected,"
-        " confidence_score = h.confidence_score, fills = h.fills,"
+        " confidence_score = h.confidence_score,"
         " reason = h.reason, needs_review = h.needs_review,"
         " corrected_by = h.corrected_by, corrected_at = h.corrected_at"
         " FROM answer_history h"

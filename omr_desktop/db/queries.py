@@ -110,7 +110,6 @@ class AnswerDetail:
     confidence_score: float
     reason: str
     needs_review: bool
-    fills: tuple[float, ...]
     corrected_by: str | None
 
 
@@ -161,7 +160,7 @@ def load_sheet_detail(conn: psycopg.Connection, sheet_id: int) -> SheetDetail | 
         return None
     answers = conn.execute(
         "SELECT question, position, answer_raw, answer_corrected, confidence_score,"
-        " reason, needs_review, fills, corrected_by FROM omr_answers"
+        " reason, needs_review, corrected_by FROM omr_answers"
         " WHERE sheet_id = %s ORDER BY position",
         (sheet_id,),
     ).fetchall()
@@ -169,9 +168,7 @@ def load_sheet_detail(conn: psycopg.Connection, sheet_id: int) -> SheetDetail | 
         *row[:12],
         fills=None if row[12] is None else tuple(row[12]),
         answers=tuple(
-            AnswerDetail(
-                a[0], a[1], a[2], a[3], float(a[4]), a[5], a[6], tuple(a[7]), a[8]
-            )
+            AnswerDetail(a[0], a[1], a[2], a[3], float(a[4]), a[5], a[6], a[7])
             for a in answers
         ),
     )

@@ -25,7 +25,6 @@ _ANSWER_VALUES = (
     "answer_raw",
     "answer_corrected",
     "confidence_score",
-    "fills",
     "reason",
     "needs_review",
     "corrected_by",
@@ -193,11 +192,11 @@ def create_staging(conn: psycopg.Connection) -> Staging:
 
 # The staged columns, in the order of the staging table: the keys, then the
 # compared values up to those of a manual correction, which are not staged.
-_STAGED_COLUMNS = ("sheet_id", "question", "position", *_ANSWER_VALUES[:6])
+_STAGED_COLUMNS = ("sheet_id", "question", "position", *_ANSWER_VALUES[:5])
 _ANSWER_STAGING_COLUMNS = (
     " (sheet_id bigint NOT NULL, question text NOT NULL, position integer NOT NULL,"
     " answer_raw text NOT NULL, answer_corrected text NOT NULL,"
-    " confidence_score real NOT NULL, fills real[] NOT NULL, reason text NOT NULL,"
+    " confidence_score real NOT NULL, reason text NOT NULL,"
     " needs_review boolean NOT NULL)"
 )
 
@@ -248,7 +247,7 @@ def copy_chunk(
     with conn.cursor().copy(
         sql.SQL(
             "COPY {} (sheet_id, question, position, confidence_score,"
-            " fills, answer_raw, answer_corrected, reason, needs_review)"
+            " answer_raw, answer_corrected, reason, needs_review)"
             " FROM STDIN (FORMAT binary)"
         ).format(staging.answers)
     ) as copy:
@@ -271,8 +270,9 @@ def apply_changes(
 
     ``staged`` is the number of rows in the answer staging table. With
     ``keep_manual``, an answer corrected by hand keeps its
-    ``answer_corrected`` and who corrected it; its raw answer, fills,
-    confidence, reason and review marker still take the new values.
+    ``answer_corrected`` and who corrected it; its raw answer, confidence,
+    reason and review marker still take the new values, and its sheet the
+    new fills.
 
     Two ways write the answers, chosen by how many rows differ in a sample
     of the staged rows (``_changed_share``):
@@ -356,7 +356,9 @@ class _Found:
 
 # Staged rows from which the join is planned for parallel workers whatever
 # the planner's estimate: the staging table is never analysed, and the
-# default costs kept a join of 1 M rows on one process.
+# default costs kept a join of 1 M rows on one process. A staging table
+# below min_parallel_table_scan_size (8 MB by default, about 130,000 rows)
+# is still read by one process.
 _PARALLEL_FROM_ROWS = 50_000
 
 # Below this many staged rows the answers are written by ctid without a
@@ -580,7 +582,7 @@ def _insert_missing_answers(
             "  RETURNING sheet_id, question),"
             " recorded AS ("
             "  INSERT INTO answer_history_sheets (task_id, sheet_id, answers)"
-            "  SELECT %s, sheet_id, array_agg(ROW(question, '', '', 0, '{{}}',"
+            "  SELECT %s, sheet_id, array_agg(ROW(question, '', '', 0, NULL,"
             "   'blank', false, NULL, NULL, true)::answer_snapshot)"
             "  FROM added GROUP BY sheet_id"
             "  RETURNING cardinality(answers) AS n)"

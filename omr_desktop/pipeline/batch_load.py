@@ -208,7 +208,6 @@ def _sheet_record(
             a.answer_raw,
             a.answer_corrected,
             a.confidence_score,
-            a.fills,
             a.reason,
             a.needs_review,
         )

@@ -2,13 +2,14 @@
 
 Both staging tables are filled in COPY's binary format: the server reads a
 real[] of fills from its binary form in about half the time it parses the
-text form (0.7 s against 1.2 s for the fills of 1,066,350 answers), and
-text values need no escaping. Numbers are big-endian; fills and confidence
-scores are float32, the ``real`` the columns store, so the stored value is
-bit for bit the one the engine decided on and a re-decide from stored
-fills gives the same answers. Texts are UTF-8, which the writer's
-connection must declare (client_encoding UTF8): binary COPY converts text
-from the client encoding too.
+text form (0.7 s against 1.2 s for 5.3 million fills, when each answer
+still stored its own), and text values need no escaping. Numbers are
+big-endian; fills and confidence scores are float32, the ``real`` the
+columns store, so the stored value is bit for bit the one the engine
+decided on and a re-decide from stored fills gives the same answers.
+Texts are UTF-8, which the writer's connection must declare
+(client_encoding UTF8): binary COPY converts text from the client encoding
+too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from omr_desktop.engine import Answer, AnswerColumns, SheetReading
 
@@ -32,7 +32,6 @@ ANSWER_COLUMNS = (
     "question",
     "position",
     "confidence_score",
-    "fills",
     "answer_raw",
     "answer_corrected",
     "reason",
@@ -67,22 +66,22 @@ def encode_answer_columns(sheet_id: int, columns: AnswerColumns) -> bytes:
     """Return the binary COPY rows of one sheet's answer columns.
 
     The same bytes as `encode_answers` of ``columns.answers()``. Wrap rows
-    with `binary_copy` before sending them. The numbers of all rows
-    (confidence and the fills array, with their length words) are written
-    into one big-endian numpy buffer per sheet layout; the texts come from
-    a cache of encoded fields. Each row is then one slice of that buffer
-    and four text fields, joined by one cached bytes format.
+    with `binary_copy` before sending them. Every row's confidence field
+    (length word and float) is written into one big-endian numpy buffer.
+    The texts come from a cache of encoded fields. Each row is then one
+    slice of that buffer and four text fields, joined by one bytes format
+    cached per sheet layout.
     """
     if not len(columns):
         return b""
-    layout = _binary_layout(columns.questions, columns.fill_counts)
-    words = layout.words.copy()
-    words[layout.confidence_at] = columns.confidence.astype(np.float32).view(np.uint32)
-    words[layout.fills_at] = np.asarray(columns.fills, dtype=np.float32).view(np.uint32)
-    numbers = words.astype(">u4").tobytes()
+    layout = _binary_layout(columns.questions)
+    fields = np.empty((len(columns), 2), dtype=">u4")
+    fields[:, 0] = 4
+    fields[:, 1] = columns.confidence.astype(np.float32).view(np.uint32)
+    numbers = fields.tobytes()
     head = _ROW_HEAD + sheet_id.to_bytes(8, "big", signed=True)
     values: list[bytes] = [head]
-    values += [numbers[a:b] for a, b in layout.slices]
+    values += [numbers[a : a + 8] for a in range(0, len(numbers), 8)]
     values += _text_fields(columns.answer_raw)
     values += _text_fields(columns.answer_corrected)
     values += _text_fields(columns.reasons)
@@ -101,64 +100,30 @@ class _BinaryLayout:
     """The parts that the binary rows of one sheet layout share.
 
     Attributes:
-        words: uint32 words of every row's numbers, with the length and
-            array header words filled in and zeros where values go.
-        confidence_at: index in ``words`` of each row's confidence.
-        fills_at: index in ``words`` of every fill, in row order.
-        fill_count: fills in all rows.
-        slices: (start, end) of each row's numbers in the encoded buffer.
         format: bytes %-format of all rows, with each question and
             position written in.
         row_order: takes the values column by column (row head, every row's
-            numbers, raws, corrected, reasons, review flags) and returns
+            confidence, raws, corrected, reasons, review flags) and returns
             them in the format's order.
     """
 
-    words: npt.NDArray[np.uint32]
-    confidence_at: npt.NDArray[np.intp]
-    fills_at: npt.NDArray[np.intp]
-    fill_count: int
-    slices: list[tuple[int, int]]
     format: bytes
     row_order: Callable[[list[bytes]], tuple[bytes, ...]]
 
 
 @functools.lru_cache(maxsize=64)
-def _binary_layout(
-    questions: tuple[str, ...], fill_counts: tuple[int, ...]
-) -> _BinaryLayout:
+def _binary_layout(questions: tuple[str, ...]) -> _BinaryLayout:
     n = len(questions)
-    words: list[int] = []
-    confidence_at: list[int] = []
-    fills_at: list[int] = []
-    slices: list[tuple[int, int]] = []
     lines: list[bytes] = []
     order: list[int] = []
     raw, corrected, reason, review = 1 + n, 1 + 2 * n, 1 + 3 * n, 1 + 4 * n
-    pairs = zip(questions, fill_counts, strict=True)
-    for k, (question, fill_count) in enumerate(pairs):
-        start = len(words)
-        # confidence_score: a 4-byte float4.
-        words += [4, 0]
-        confidence_at.append(start + 1)
-        # fills: a one-dimensional float4 array from index 1, no nulls;
-        # each element is its length and its value.
-        words += [20 + 8 * fill_count, 1, 0, _FLOAT4_OID, fill_count, 1]
-        for _ in range(fill_count):
-            fills_at.append(len(words) + 1)
-            words += [4, 0]
-        slices.append((4 * start, 4 * len(words)))
+    for k, question in enumerate(questions):
         name = question.encode()
         position = (k + 1).to_bytes(4, "big", signed=True)
         fixed = len(name).to_bytes(4, "big") + name + (4).to_bytes(4, "big") + position
         lines.append(b"%b" + fixed.replace(b"%", b"%%") + b"%b%b%b%b%b")
         order += [0, 1 + k, raw + k, corrected + k, reason + k, review + k]
     return _BinaryLayout(
-        words=np.array(words, dtype=np.uint32),
-        confidence_at=np.array(confidence_at, dtype=np.intp),
-        fills_at=np.array(fills_at, dtype=np.intp),
-        fill_count=len(fills_at),
-        slices=slices,
         format=b"".join(lines),
         row_order=operator.itemgetter(*order),
     )

@@ -91,9 +91,9 @@ def add_sheet(
     for position, answer in enumerate(answers, start=1):
         conn.execute(
             "INSERT INTO omr_answers (sheet_id, question, position, answer_raw,"
-            " answer_corrected, confidence_score, fills, reason, needs_review,"
+            " answer_corrected, confidence_score, reason, needs_review,"
             " corrected_by, corrected_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " CASE WHEN %s::text IS NULL THEN NULL ELSE now() END)",
             (
                 sheet_id,
@@ -102,7 +102,6 @@ def add_sheet(
                 answer.raw,
                 answer.corrected_value,
                 answer.confidence,
-                [0.1, 0.9, 0.1, 0.1],
                 answer.reason,
                 answer.needs_review,
                 answer.corrected_by,

@@ -70,6 +70,22 @@ def test_sheet_fills_are_stored_uncompressed(db: psycopg.Connection) -> None:
     assert rows == [("sheet_history", "e"), ("sheets", "e")]
 
 
+def test_fills_are_kept_per_sheet_only(db: psycopg.Connection) -> None:
+    """Migration 0010 drops the answers' copy of their sheet's fills."""
+    columns = db.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'omr_answers'::regclass"
+        " AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+    ).fetchall()
+
+    assert "fills" not in [c[0] for c in columns]
+    assert "fills" in [
+        c[0]
+        for c in db.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'sheets'::regclass"
+        ).fetchall()
+    ]
+
+
 def test_newer_database_is_rejected(db: psycopg.Connection) -> None:
     db.execute(
         "INSERT INTO schema_migrations (version, name, checksum)"
@@ -162,7 +178,12 @@ def test_history_rows_survive_the_move_to_one_row_per_sheet(
         " corrected_at, recorded_at, inserted FROM answer_history"
         " ORDER BY task_id, sheet_id, question"
     )
-    answer_rows = "SELECT a::text FROM omr_answers a ORDER BY sheet_id, question"
+    # Every column but the fills, which migration 0010 leaves to the sheets.
+    answer_rows = (
+        "SELECT sheet_id, question, position, answer_raw, answer_corrected,"
+        " confidence_score, reason, needs_review, corrected_by, corrected_at"
+        " FROM omr_answers ORDER BY sheet_id, question"
+    )
     with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
         migrate(conn, folder)
         conn.execute(

@@ -37,26 +37,29 @@ SPECIAL_FLOATS = np.array(
 )
 
 
-def _answer(question: str, raw: str, review: bool, *fills: float) -> Answer:
+def _answer(
+    question: str, raw: str, review: bool, confidence: float = 2.0 / 3.0
+) -> Answer:
     return Answer(
         question=question,
         answer_raw=raw,
         answer_corrected=raw[:1],
-        confidence_score=2.0 / 3.0,
+        confidence_score=confidence,
         reason="clear",
         needs_review=review,
-        fills=fills,
+        # The sheet's staged row carries the fills, not the answer rows.
+        fills=(0.5, 0.25),
     )
 
 
 def test_text_field_cache_stops_growing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(copy_rows, "_TEXT_FIELDS", {})
     monkeypatch.setattr(copy_rows, "_MAX_TEXT_FIELDS", 100)
-    answers = [_answer(f"q{i}", f"raw {i}", False, 0.5) for i in range(300)]
+    answers = [_answer(f"q{i}", f"raw {i}", False) for i in range(300)]
 
     rows = _decode_rows(encode_answers(1, answers))
 
-    assert [row[5] for row in rows] == [f"raw {i}" for i in range(300)]
+    assert [row[4] for row in rows] == [f"raw {i}" for i in range(300)]
     assert len(copy_rows._TEXT_FIELDS) == 100
 
 
@@ -66,17 +69,11 @@ def _text(value: str) -> bytes:
 
 
 def _row(sheet_id: int, answer: Answer, position: int, confidence: float) -> bytes:
-    fills = answer.fills
-    array = struct.pack(">iiiii", 1, 0, 700, len(fills), 1) + b"".join(
-        struct.pack(">if", 4, f) for f in fills
-    )
     return (
-        struct.pack(">hiq", 9, 8, sheet_id)
+        struct.pack(">hiq", 8, 8, sheet_id)
         + _text(answer.question)
         + struct.pack(">ii", 4, position)
         + struct.pack(">if", 4, confidence)
-        + struct.pack(">i", len(array))
-        + array
         + _text(answer.answer_raw)
         + _text(answer.answer_corrected)
         + _text(answer.reason)
@@ -85,7 +82,11 @@ def _row(sheet_id: int, answer: Answer, position: int, confidence: float) -> byt
 
 
 def _decode_rows(data: bytes) -> list[tuple[Any, ...]]:
-    """Parse binary COPY rows of the answer columns back into values."""
+    """Parse binary COPY rows of the answer columns back into values.
+
+    The confidence comes back as its four bytes, so that -0.0 and NaN
+    compare exactly.
+    """
     rows: list[tuple[Any, ...]] = []
     at = 0
     while at < len(data):
@@ -96,17 +97,15 @@ def _decode_rows(data: bytes) -> list[tuple[Any, ...]]:
             (length,) = struct.unpack_from(">i", data, at)
             fields.append(data[at + 4 : at + 4 + length])
             at += 4 + length
-        sheet_id, question, position, confidence, fills = fields[:5]
-        n = struct.unpack_from(">i", fills, 12)[0]
+        sheet_id, question, position, confidence = fields[:4]
         rows.append(
             (
                 struct.unpack(">q", sheet_id)[0],
                 question.decode(),
                 struct.unpack(">i", position)[0],
-                struct.unpack(">f", confidence)[0],
-                tuple(struct.unpack_from(">f", fills, 24 + 8 * i)[0] for i in range(n)),
-                *(f.decode() for f in fields[5:8]),
-                fields[8] == b"\x01",
+                confidence,
+                *(f.decode() for f in fields[4:7]),
+                fields[7] == b"\x01",
             )
         )
     return rows
@@ -114,8 +113,8 @@ def _decode_rows(data: bytes) -> list[tuple[Any, ...]]:
 
 def test_answer_rows_byte_for_byte() -> None:
     answers = [
-        _answer("q1", "B", False, 0.0, 0.9, 0.25),
-        _answer("100% q\t2", "A\\C", True, -0.0, 1.5e-7),
+        _answer("q1", "B", False),
+        _answer("100% q\t2", "A\\C", True),
         _answer("q3", "", False),
     ]
     third = float(np.float32(2.0 / 3.0))
@@ -126,24 +125,24 @@ def test_answer_rows_byte_for_byte() -> None:
 
 def test_answer_rows_keep_texts_and_floats_exactly() -> None:
     texts = ["plain", "tab\there", "back\\slash", "new\nline", "cr\rhere", "Zoë ✓", ""]
+    # Every special float once, the texts in turn.
+    cycled = [texts[i % len(texts)] for i in range(len(SPECIAL_FLOATS))]
     answers = [
-        _answer(f"q{i}%", text, i % 2 == 0, *SPECIAL_FLOATS[i : i + 3])
-        for i, text in enumerate(texts)
+        _answer(f"q{i}%", text, i % 2 == 0, SPECIAL_FLOATS[i])
+        for i, text in enumerate(cycled)
     ]
 
     rows = _decode_rows(encode_answers(7, answers))
 
-    assert [row[5] for row in rows] == texts
-    assert [row[1] for row in rows] == [f"q{i}%" for i in range(len(texts))]
-    assert [row[2] for row in rows] == list(range(1, len(texts) + 1))
-    assert [row[8] for row in rows] == [i % 2 == 0 for i in range(len(texts))]
-    for i, row in enumerate(rows):
-        stored = np.array(row[4], dtype=np.float32)
-        assert stored.tobytes() == SPECIAL_FLOATS[i : i + 3].tobytes()
+    assert [row[4] for row in rows] == cycled
+    assert [row[1] for row in rows] == [f"q{i}%" for i in range(len(cycled))]
+    assert [row[2] for row in rows] == list(range(1, len(cycled) + 1))
+    assert [row[7] for row in rows] == [i % 2 == 0 for i in range(len(cycled))]
+    assert b"".join(row[3] for row in rows) == SPECIAL_FLOATS.astype(">f4").tobytes()
 
 
 def test_binary_copy_adds_header_and_trailer() -> None:
-    rows = encode_answers(1, [_answer("q1", "A", False, 0.5)])
+    rows = encode_answers(1, [_answer("q1", "A", False)])
 
     data = binary_copy(rows)
 

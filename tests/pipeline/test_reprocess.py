@@ -69,7 +69,7 @@ GATE_TIMEOUT_S = 30
 
 ANSWER_QUERY = (
     "SELECT sheet_id, question, answer_raw, answer_corrected, confidence_score,"
-    " fills, reason, needs_review, corrected_by, corrected_at::text"
+    " reason, needs_review, corrected_by, corrected_at::text"
 )
 
 
@@ -581,8 +581,7 @@ def test_rejected_create_stages_in_temporary_table(db: psycopg.Connection) -> No
         # transaction goes on.
         db.execute(
             sql.SQL(
-                "INSERT INTO {} SELECT 1, 'q1', 1, 'A', 'A', 0.9, '{{0.9}}',"
-                " 'clear', false"
+                "INSERT INTO {} SELECT 1, 'q1', 1, 'A', 'A', 0.9, 'clear', false"
             ).format(staging.answers)
         )
 
@@ -603,14 +602,15 @@ def test_temporary_search_path_stages_in_temporary_table(
 def test_large_join_planned_for_workers(
     db: psycopg.Connection,
 ) -> None:
-    rows = 100_000
+    # Larger than min_parallel_table_scan_size (8 MB, about 130,000 rows).
+    rows = 200_000
     with db.transaction(force_rollback=True):
         staging = reprocess_store.create_staging(db)
         assert staging.shared
         db.execute(
             sql.SQL(
                 "INSERT INTO {} SELECT n / 150, 'q' || n %% 150, n %% 150, 'A', 'A',"
-                " 0.9, '{{0.9,0.1,0.1,0.1,0.1}}', 'clear', false"
+                " 0.9, 'clear', false"
                 " FROM generate_series(1, %s) n"
             ).format(staging.answers),
             (rows,),
@@ -644,11 +644,11 @@ def test_both_write_ways_write_the_same_rows(
     from omr_desktop.db.history_store import undo_task
 
     request = ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE)
-    # A corrected answer with stale fills, so that the reprocess rewrites
-    # it, and a row the reprocess has to insert again.
+    # A corrected answer with a stale confidence, so that the reprocess
+    # rewrites it, and a row the reprocess has to insert again.
     db.execute(
         "UPDATE omr_answers SET answer_corrected = 'E', corrected_by = 'editor',"
-        " corrected_at = now(), fills = '{0,0,0,0,0}'"
+        " corrected_at = now(), confidence_score = 0.01"
         " WHERE sheet_id = %s AND question = 'q3'",
         (demo_sheet_ids[0],),
     )
@@ -660,7 +660,7 @@ def test_both_write_ways_write_the_same_rows(
     def written(task_id: str) -> tuple[Any, ...]:
         history = db.execute(
             "SELECT sheet_id, question, answer_raw, answer_corrected,"
-            " confidence_score, fills, reason, needs_review, corrected_by,"
+            " confidence_score, reason, needs_review, corrected_by,"
             " corrected_at, inserted FROM answer_history WHERE task_id = %s"
             " ORDER BY 1, 2",
             (task_id,),
@@ -700,7 +700,7 @@ def test_sample_measures_changed_share(
             sql.SQL(
                 "INSERT INTO {} SELECT sheet_id, question, position,"
                 " CASE WHEN position %% %s = 0 THEN 'Z' ELSE answer_raw END,"
-                " answer_corrected, confidence_score, fills, reason, needs_review"
+                " answer_corrected, confidence_score, reason, needs_review"
                 " FROM omr_answers"
             ).format(staging.answers),
             (changed_every,),
@@ -1288,12 +1288,11 @@ def test_manual_correction_survives_unless_replaced(
         " WHERE reason = 'light_mark' AND answer_raw = '' ORDER BY 1, position LIMIT 1"
     ).fetchone()
     key = (sheet_id, question)
-    # Both profiles measure alike, so the reading's fills equal the demo's.
-    # Stale fills and confidence show that the reprocess takes the new ones.
+    # A stale confidence shows that the reprocess takes the new one.
     db.execute(
         "UPDATE omr_answers SET answer_corrected = 'E', corrected_by = 'editor',"
-        " corrected_at = '2026-11-30 10:00:00+00', confidence_score = 0.01,"
-        " fills = '{0,0,0,0,0}' WHERE sheet_id = %s AND question = %s",
+        " corrected_at = '2026-11-30 10:00:00+00', confidence_score = 0.01"
+        " WHERE sheet_id = %s AND question = %s",
         (sheet_id, question),
     )
     before = answers_by_key(db)[key]
@@ -1302,13 +1301,12 @@ def test_manual_correction_survives_unless_replaced(
     kept_task = run_task(manager, request)
 
     kept = answers_by_key(db)[key]
-    raw, corrected, confidence, fills, _, _, corrected_by, corrected_at = kept
+    raw, corrected, confidence, _, _, corrected_by, corrected_at = kept
     assert task_row(database, kept_task).result["manual_corrections_kept"] == 1
     assert raw != ""
     assert corrected == "E"
     assert corrected_by == "editor"
-    assert corrected_at == before[7]
-    assert fills != before[3]
+    assert corrected_at == before[6]
     assert confidence != before[2]
 
     replaced_task = run_task(
@@ -1318,10 +1316,9 @@ def test_manual_correction_survives_unless_replaced(
     replaced = answers_by_key(db)[key]
     assert replaced[0] == raw
     assert replaced[1] == raw
-    assert replaced[2:6] == kept[2:6]
-    assert replaced[3] != before[3]
+    assert replaced[2:5] == kept[2:5]
+    assert replaced[5] is None
     assert replaced[6] is None
-    assert replaced[7] is None
     result = task_row(database, replaced_task).result
     assert result["answers_updated"] == 1
     assert result["answers_changed"] == 1
@@ -1563,7 +1560,7 @@ def test_copy_rows_keep_awkward_text(db: psycopg.Connection) -> None:
     db.execute(
         "CREATE TEMP TABLE copied_answers (sheet_id bigint, question text,"
         " position integer, answer_raw text, answer_corrected text,"
-        " confidence_score real, fills real[], reason text, needs_review boolean)"
+        " confidence_score real, reason text, needs_review boolean)"
     )
     columns = ", ".join(ANSWER_COLUMNS)
 
@@ -1584,7 +1581,6 @@ def test_copy_rows_keep_awkward_text(db: psycopg.Connection) -> None:
         assert row["answer_raw"] == answer.answer_raw
         assert row["answer_corrected"] == answer.answer_corrected
         assert row["confidence_score"] == pytest.approx(0.123457, abs=1e-6)
-        assert row["fills"] == pytest.approx([0.5, 1.5e-7, 1.0], rel=1e-6)
         assert row["reason"] == answer.reason
         assert row["needs_review"] is answer.needs_review
 
@@ -1686,25 +1682,27 @@ def test_redecide_matches_full_image_reprocess(
         manager, ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE, redecide=True)
     )
     redecided = answers_by_key(db)
+    redecided_fills = db.execute("SELECT id, fills FROM sheets ORDER BY id").fetchall()
     for path in paths:
         (hidden / path.name).rename(path)
     full_task = run_task(manager, ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE))
     full = answers_by_key(db)
+    full_fills = db.execute("SELECT id, fills FROM sheets ORDER BY id").fetchall()
 
     redecided_result = task_row(database, redecided_task).result
     assert redecided_result["sheets_failed"] == 0
     assert redecided_result["answers_changed"] > 0
     assert set(redecided) == set(full)
     for key, values in full.items():
-        raw, corrected, confidence, fills, reason, review, _, _ = redecided[key]
+        raw, corrected, confidence, reason, review, _, _ = redecided[key]
         assert (raw, corrected, reason, review) == (
             values[0],
             values[1],
+            values[3],
             values[4],
-            values[5],
         ), key
-        assert fills == values[3], key
         assert confidence == pytest.approx(values[2], abs=1e-5), key
+    assert redecided_fills == full_fills
     full_result = task_row(database, full_task).result
     assert full_result["answers_changed"] == 0
     assert full_result["sheets_score_changed"] == 0
@@ -1908,8 +1906,7 @@ def test_copy_rows_survive_latin1_database(latin1_conninfo: str) -> None:
         conn.execute(
             "CREATE TEMP TABLE copied_answers (sheet_id bigint, question text,"
             " position integer, answer_raw text, answer_corrected text,"
-            " confidence_score real, fills real[], reason text,"
-            " needs_review boolean)"
+            " confidence_score real, reason text, needs_review boolean)"
         )
         columns = ", ".join(ANSWER_COLUMNS)
         with conn.cursor().copy(
@@ -1990,7 +1987,7 @@ def test_unlocked_change_fails_task(
     assert "changed by another connection" in error
     after = answers_by_key(db)
     key = (sheet_id, question[0])
-    assert (after[key][0], after[key][4]) == ("Z", "erased")
+    assert (after[key][0], after[key][3]) == ("Z", "erased")
     assert_only_key_changed(db, task_id, before, after, key)
 
 
@@ -2063,5 +2060,5 @@ def test_unlocked_change_fails_joined_update(
     if change.startswith("DELETE"):
         assert key not in after
     else:
-        assert after[key][4] == "erased"
+        assert after[key][3] == "erased"
     assert_only_key_changed(db, task_id, before, after, key)
