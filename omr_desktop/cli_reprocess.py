@@ -343,11 +343,14 @@ def _run_undo(task_id: str) -> int:
         except UndoError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_TASK_FAILED
-    answers = result.answers_restored + result.answers_deleted
-    print(
+    message = (
         f"Undid task {task_id}: {counted(result.sheets_restored, 'sheet')} and "
-        f"{counted(answers, 'answer')} restored."
+        f"{counted(result.answers_restored, 'answer')} restored"
     )
+    if result.answers_deleted:
+        # Answers the task inserted, for sheets that had none before it.
+        message += f", {counted(result.answers_deleted, 'inserted answer')} deleted"
+    print(message + ".")
     return EXIT_OK
 
 

@@ -149,7 +149,21 @@ def _apply_one(
         if migration.version in applied:
             return False
         logger.info("Applying migration %04d_%s", migration.version, migration.name)
-        conn.execute(migration.sql.encode("utf-8"))
+
+        # Log the NOTICEs a migration raises, such as how many rows it archived.
+        def log_notice(diag: psycopg.errors.Diagnostic) -> None:
+            logger.warning(
+                "Migration %04d_%s: %s",
+                migration.version,
+                migration.name,
+                diag.message_primary,
+            )
+
+        conn.add_notice_handler(log_notice)
+        try:
+            conn.execute(migration.sql.encode("utf-8"))
+        finally:
+            conn.remove_notice_handler(log_notice)
         conn.execute(
             "INSERT INTO schema_migrations (version, name, checksum) "
             "VALUES (%s, %s, %s)",

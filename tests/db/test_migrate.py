@@ -86,6 +86,57 @@ def test_fills_are_kept_per_sheet_only(db: psycopg.Connection) -> None:
     ]
 
 
+def test_fresh_database_has_no_fills_archive(db: psycopg.Connection) -> None:
+    row = db.execute("SELECT to_regclass('answer_fills_archive')").fetchone()
+
+    assert row == (None,)
+
+
+def test_answer_fills_kept_where_sheets_have_none(
+    empty_db_conninfo: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Migration 0010 archives the fills only answers stored, and logs a count."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for migration in available_migrations():
+        if migration.version < 10:
+            shutil.copy(migration.path, folder / migration.path.name)
+    with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
+        migrate(conn, folder)
+        # Sheet 1 stores its fills, sheet 2 none, sheet 3 none and its
+        # answers none either.
+        conn.execute(
+            "INSERT INTO templates (id, name, layout) OVERRIDING SYSTEM VALUE"
+            " VALUES (1, 't', '{}');"
+            "INSERT INTO batches (id, name, template_id) OVERRIDING SYSTEM VALUE"
+            " VALUES (1, 'b', 1);"
+            "INSERT INTO sheets (id, batch_id, sequence_no, image_path, fills)"
+            " OVERRIDING SYSTEM VALUE"
+            " SELECT n, 1, n, 's' || n || '.jpg',"
+            "  CASE WHEN n = 1 THEN '{0.9,0.1,0.1,0.9}'::real[] END"
+            " FROM generate_series(1, 3) n;"
+            "INSERT INTO omr_answers (sheet_id, question, position, answer_raw,"
+            " answer_corrected, fills)"
+            " SELECT s, 'q' || q, q, 'A', 'A',"
+            "  CASE WHEN s = 3 THEN '{}' ELSE ARRAY[0.9, q / 10.0]::real[] END"
+            " FROM generate_series(1, 3) s, generate_series(1, 2) q"
+        )
+
+        with caplog.at_level("WARNING", logger="omr_desktop.db.migrate"):
+            migrate(conn)
+
+        archived = conn.execute(
+            "SELECT sheet_id, question, fills FROM answer_fills_archive ORDER BY 1, 2"
+        ).fetchall()
+        answers = conn.execute("SELECT count(*) FROM omr_answers").fetchone()
+    assert archived == [
+        (2, "q1", [pytest.approx(0.9), pytest.approx(0.1)]),
+        (2, "q2", [pytest.approx(0.9), pytest.approx(0.2)]),
+    ]
+    assert answers == (6,)
+    assert "Kept the fills of 2 answers" in caplog.text
+
+
 def test_newer_database_is_rejected(db: psycopg.Connection) -> None:
     db.execute(
         "INSERT INTO schema_migrations (version, name, checksum)"

@@ -189,6 +189,35 @@ def test_cli_reprocess_and_undo_exit_codes(
     assert f"4 sheets and {updated} answers restored" in capsys.readouterr().out
 
 
+def test_cli_undo_counts_inserted_answers(
+    seeded: tuple[Database, list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    database, ids = seeded
+    monkeypatch.setenv("OMR_DATABASE_URL", database.conninfo)
+    monkeypatch.setenv("OMR_DATA_DIR", str(tmp_path / "data"))
+    with database.connect() as conn:
+        deleted = conn.execute(
+            "DELETE FROM omr_answers WHERE sheet_id = %s", (ids[0],)
+        ).rowcount
+        conn.commit()
+    assert main(["reprocess", "--sheets", str(ids[0]), "--profile", "1"]) == 0
+    task_id = capsys.readouterr().err.split("Task ", 1)[1].split(":", 1)[0]
+
+    assert main(["reprocess", "--undo", task_id]) == 0
+
+    out = capsys.readouterr().out
+    assert "1 sheet and 0 answers restored" in out
+    assert f"{deleted} inserted answers deleted." in out
+    with database.connect() as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM omr_answers WHERE sheet_id = %s", (ids[0],)
+        ).fetchone()
+    assert left == (0,)
+
+
 def test_cli_export_writes_sheet_and_answer_rows(
     seeded: tuple[Database, list[int]],
     monkeypatch: pytest.MonkeyPatch,

@@ -1,9 +1,9 @@
 -- Keep the bubble fills once, in sheets.fills, instead of also per answer.
 --
 -- Every answer's fills were a copy of a slice of its sheet's fills (every
--- bubble in template order), which every sheet read by the engine stores.
--- Nothing read the copy: Panel C, the re-decide and undo use the sheet's
--- fills. The copy took a third of each omr_answers row (a demo batch of
+-- bubble in template order), which every sheet read by the engine since
+-- migration 0003 stores. Nothing read the copy: Panel C, the re-decide and
+-- undo use the sheet's fills. The copy took a third of each omr_answers row (a demo batch of
 -- 1,066,350 answers: 230 MB, 146 MB without it), and a reprocess that
 -- changes every answer wrote it twice more, into the new row version and
 -- into the history. Without it, that UPDATE with its history took 2.7-3.1 s
@@ -37,6 +37,34 @@ BEGIN
     RETURN NULL;
 END
 $function$;
+
+-- A sheet written before migration 0003, or by another client, may have
+-- no fills of its own, and its answers the only copy. Those answers' fills
+-- move to answer_fills_archive, created only when there are any, so that
+-- nothing measured is lost. The re-decide cannot use them either way: it
+-- needs every bubble's fill and the hash of the settings that measured it.
+DO $archive$
+DECLARE
+    archived bigint;
+BEGIN
+    CREATE TABLE answer_fills_archive (
+        sheet_id  bigint NOT NULL REFERENCES sheets (id) ON DELETE CASCADE,
+        question  text NOT NULL,
+        fills     real[] NOT NULL,
+        PRIMARY KEY (sheet_id, question)
+    );
+    INSERT INTO answer_fills_archive (sheet_id, question, fills)
+    SELECT a.sheet_id, a.question, a.fills
+    FROM omr_answers a JOIN sheets s ON s.id = a.sheet_id
+    WHERE s.fills IS NULL AND cardinality(a.fills) > 0;
+    GET DIAGNOSTICS archived = ROW_COUNT;
+    IF archived = 0 THEN
+        DROP TABLE answer_fills_archive;
+    ELSE
+        RAISE NOTICE 'Kept the fills of % answers whose sheets store none in answer_fills_archive.', archived;
+    END IF;
+END
+$archive$;
 
 ALTER TABLE omr_answers DROP COLUMN fills;
 -- Dropping a column leaves its bytes in every stored row until the row is
