@@ -372,9 +372,9 @@ _SAMPLE_ROWS = 2_000
 # answers step for 7,109 sheets (1,066,350 rows, embedded PostgreSQL 16, two
 # cores), joined first, then by ctid. One row in ten changed: 3.8 and 2.2 s.
 # Half: 4.1 and 4.1 s. Three quarters: 5.0 and 5.0 s. Every row: 5.9 and 6.8 s.
-# NOTE: measured while every answer row also stored its fills (before
-# migration 0010). The rows are a third narrower now, which may move the
-# share where the two ways cost the same.
+# With the narrower rows of migration 0010, medians of three: every row
+# 3.7 and 4.3 s, half 3.1 and 2.8 s. The share where both ways cost the
+# same still lies between a half and all rows.
 _JOINED_FROM_SHARE = 0.8
 
 # Numbers a counting sequence of ``_update_joined`` keeps in this session's
