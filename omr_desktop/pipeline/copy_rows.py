@@ -4,9 +4,9 @@ Both staging tables are filled in COPY's binary format: the server reads a
 real[] of fills from its binary form in about half the time it parses the
 text form (0.7 s against 1.2 s for 5.3 million fills, when each answer
 still stored its own), and text values need no escaping. Numbers are
-big-endian; fills and confidence scores are float32, the ``real`` the
+big-endian. Fills and confidence scores are float32, the ``real`` the
 columns store, so the stored value is bit for bit the one the engine
-decided on and a re-decide from stored fills gives the same answers.
+decided on, and a re-decide from stored fills reads the same marks.
 Texts are UTF-8, which the writer's connection must declare
 (client_encoding UTF8): binary COPY converts text from the client encoding
 too.

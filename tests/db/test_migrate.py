@@ -23,6 +23,16 @@ from omr_desktop.db.migrate import (
 pytestmark = pytest.mark.db
 
 
+def migrations_before(version: int, tmp_path: Path) -> Path:
+    """Return a folder with copies of the migrations older than ``version``."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for migration in available_migrations():
+        if migration.version < version:
+            shutil.copy(migration.path, folder / migration.path.name)
+    return folder
+
+
 def test_migrate_from_empty_applies_all(empty_db_conninfo: str) -> None:
     with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
         applied = migrate(conn)
@@ -96,11 +106,7 @@ def test_answer_fills_kept_where_sheets_have_none(
     empty_db_conninfo: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Migration 0010 archives the fills only answers stored, and logs a count."""
-    folder = tmp_path / "migrations"
-    folder.mkdir()
-    for migration in available_migrations():
-        if migration.version < 10:
-            shutil.copy(migration.path, folder / migration.path.name)
+    folder = migrations_before(10, tmp_path)
     with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
         migrate(conn, folder)
         # Sheet 1 stores its fills, sheet 2 none, sheet 3 none and its
@@ -218,11 +224,7 @@ def test_history_rows_survive_the_move_to_one_row_per_sheet(
     empty_db_conninfo: str, tmp_path: Path
 ) -> None:
     """Migration 0007 keeps every old answer history row and every answer."""
-    folder = tmp_path / "migrations"
-    folder.mkdir()
-    for migration in available_migrations():
-        if migration.version < 7:
-            shutil.copy(migration.path, folder / migration.path.name)
+    folder = migrations_before(7, tmp_path)
     history_rows = (
         "SELECT task_id, sheet_id, question, answer_raw, answer_corrected,"
         " confidence_score, fills, reason, needs_review, corrected_by,"

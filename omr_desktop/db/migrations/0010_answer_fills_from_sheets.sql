@@ -3,16 +3,17 @@
 -- Every answer's fills were a copy of a slice of its sheet's fills (every
 -- bubble in template order), which every sheet read by the engine since
 -- migration 0003 stores. Nothing read the copy: Panel C, the re-decide and
--- undo use the sheet's fills. The copy took a third of each omr_answers row (a demo batch of
--- 1,066,350 answers: 230 MB, 146 MB without it), and a reprocess that
--- changes every answer wrote it twice more, into the new row version and
--- into the history. Without it, that UPDATE with its history took 2.7-3.1 s
+-- undo use the sheet's fills. The copy took a third of each omr_answers
+-- row (a demo batch of 1,066,350 answers: 230 MB, 146 MB without it), and
+-- a reprocess that changes every answer wrote it twice more, into the new
+-- row version and into the history. Without it, that UPDATE with its history took 2.7-3.1 s
 -- instead of 3.5-4.1 s and wrote 237 MB of WAL instead of 330 MB (embedded
 -- PostgreSQL 16, a 2-core VM, four alternations).
 --
--- The history's snapshot type keeps its fills attribute, NULL from now on:
--- a composite type stored in a table column cannot lose an attribute.
--- Snapshots written before keep their fills; undo no longer reads them.
+-- The history's snapshot type keeps its fills attribute, NULL from now on,
+-- because a composite type stored in a table column cannot lose an
+-- attribute. Snapshots written before keep their fills, which undo no
+-- longer reads. The trigger below is migration 0007's with that NULL.
 
 CREATE OR REPLACE FUNCTION record_answer_history() RETURNS trigger
 LANGUAGE plpgsql
@@ -68,5 +69,5 @@ $archive$;
 
 ALTER TABLE omr_answers DROP COLUMN fills;
 -- Dropping a column leaves its bytes in every stored row until the row is
--- written again; CLUSTER rewrites the table without them now.
+-- written again, so CLUSTER rewrites the table without them now.
 CLUSTER omr_answers USING omr_answers_pkey;
