@@ -9,9 +9,10 @@ and confidence scores come back bit for bit as the engine made them (the
 
 Layout: ``MAGIC``, the header's length as a 4-byte big-endian integer, the
 UTF-8 JSON header, then the float32 block. For each sheet that was read,
-the block holds its ``fills``, then one confidence score per answer, then
-each answer's fills in answer order. A 150-question sheet of 5 options
-packs into about 9 kB.
+the block holds its ``fills``, then one confidence score per answer. Each
+answer's own fills are left out: they are a slice of the sheet's fills,
+and only the sheet's are stored. A 150-question sheet of 5 options packs
+into about 6 kB.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ import numpy as np
 from omr_desktop.engine import SheetReading
 from omr_desktop.engine.decide import Answer
 
-MAGIC = b"OMRC1"
+# The format's version is part of the magic, so a worker and a final step
+# of different versions fail with ChunkFormatError instead of misreading.
+# Version 1 also packed each answer's fills.
+MAGIC = b"OMRC2"
 _LENGTH = struct.Struct(">I")
 _FLOAT = np.dtype("<f4")
 
@@ -48,8 +52,6 @@ def pack_readings(readings: Mapping[int, SheetReading | str]) -> bytes:
         blocks.append(
             np.array([a.confidence_score for a in reading.answers], dtype=_FLOAT)
         )
-        for answer in reading.answers:
-            blocks.append(np.array(answer.fills, dtype=_FLOAT))
     header = json.dumps({"sheets": sheets}, ensure_ascii=False).encode()
     floats = np.concatenate(blocks) if blocks else np.zeros(0, dtype=_FLOAT)
     return MAGIC + _LENGTH.pack(len(header)) + header + floats.tobytes()
@@ -71,7 +73,6 @@ def _sheet_header(sheet_id: int, reading: SheetReading) -> dict[str, Any]:
                 a.answer_corrected,
                 a.reason,
                 a.needs_review,
-                len(a.fills),
                 a.empty_value,
             ]
             for a in reading.answers
@@ -82,7 +83,8 @@ def _sheet_header(sheet_id: int, reading: SheetReading) -> dict[str, Any]:
 def unpack_readings(data: bytes) -> dict[int, SheetReading | str]:
     """Unpack what ``pack_readings`` packed.
 
-    The readings carry no ``marked`` array: the COPY rows do not use it.
+    The readings carry no ``marked`` array and their answers no fills: the
+    COPY rows use neither.
 
     Raises:
         ChunkFormatError: the bytes are truncated or not in this format.
@@ -110,6 +112,13 @@ def unpack_readings(data: bytes) -> dict[int, SheetReading | str]:
 def _split(data: bytes) -> tuple[dict[str, Any], np.ndarray[Any, np.dtype[np.float32]]]:
     start = len(MAGIC) + _LENGTH.size
     if len(data) < start or not data.startswith(MAGIC):
+        if data.startswith(MAGIC[:-1]):
+            version = data[len(MAGIC) - 1 : len(MAGIC)].decode(errors="replace")
+            raise ChunkFormatError(
+                f"The chunk is in format {version}, from another version of "
+                f"OMR Desktop; this one reads format {MAGIC[-1:].decode()}. "
+                "Run the same version on every worker and where tasks start."
+            )
         raise ChunkFormatError("The data does not start with a chunk header.")
     (length,) = _LENGTH.unpack_from(data, len(MAGIC))
     body = data[start + length :]
@@ -140,7 +149,7 @@ def _sheet_reading(
     confidences = take(len(rows)).tolist()
     answers = []
     for row, confidence in zip(rows, confidences, strict=True):
-        question, raw, corrected, reason, review, fill_count, empty = row
+        question, raw, corrected, reason, review, empty = row
         answers.append(
             Answer(
                 question=str(question),
@@ -149,7 +158,7 @@ def _sheet_reading(
                 confidence_score=float(confidence),
                 reason=str(reason),
                 needs_review=bool(review),
-                fills=tuple(take(int(fill_count)).tolist()),
+                fills=(),
                 empty_value=str(empty),
             )
         )

@@ -83,6 +83,28 @@ def test_invalid_chunk_is_rejected(data: bytes, message: str) -> None:
         unpack_readings(data)
 
 
+def test_chunk_of_another_format_is_named() -> None:
+    # Format 1 also packed each answer's fills, so its numbers do not line up.
+    packed = b"OMRC1" + pack_readings({1: reading(3)})[len(MAGIC) :]
+
+    with pytest.raises(ChunkFormatError, match="format 1, from another version"):
+        unpack_readings(packed)
+
+
+def test_answer_fills_left_out() -> None:
+    original = reading(4)
+    assert isinstance(original, SheetReading)
+
+    copy = unpack_readings(pack_readings({1: original}))[1]
+
+    assert isinstance(copy, SheetReading)
+    assert [a.fills for a in copy.answers] == [()] * len(original.answers)
+    packed = pack_readings({1: original})
+    header = int.from_bytes(packed[len(MAGIC) : len(MAGIC) + 4], "big")
+    numbers = (len(packed) - len(MAGIC) - 4 - header) // 4
+    assert numbers == original.fills.size + len(original.answers)
+
+
 def test_truncated_chunk_is_rejected() -> None:
     packed = pack_readings({1: reading(3)})
 
