@@ -458,7 +458,7 @@ def _detect(
             event = _progress(
                 task_id,
                 ev.PROCESSING_SHEETS,
-                f"Processing: {processed}/{total} sheets completed",
+                ev.processing_message(processed, total),
                 100.0 * processed / max(total, 1),
                 processed,
                 total,

@@ -57,6 +57,29 @@ COMPLETE = "complete"
 ERROR = "error"
 
 
+def processing_message(processed: int, total: int) -> str:
+    """Return the Processing Sheets message in the contract's words.
+
+    "Processing: 324/7109 sheets completed"; the noun follows the total,
+    so one sheet reads "Processing: 1/1 sheet completed".
+    """
+    return f"Processing: {processed}/{total} {_sheets(total)} completed"
+
+
+def processing_done_message(total: int, failed: int) -> str:
+    """Return the message that ends Processing Sheets.
+
+    "All 7109 sheets completed (2 failed)"; with one sheet, "1/1 sheet
+    completed (0 failed)".
+    """
+    done = f"All {total}" if total != 1 else "1/1"
+    return f"{done} {_sheets(total)} completed ({failed} failed)"
+
+
+def _sheets(count: int) -> str:
+    return "sheet" if count == 1 else "sheets"
+
+
 def overall_percentage(stage: str, stage_percentage: float) -> float:
     """Map a stage's own percentage onto the whole task's 0-100 scale."""
     if stage in (COMPLETED, FAILED):

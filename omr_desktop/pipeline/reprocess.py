@@ -517,14 +517,14 @@ def _process_sheets(
             percent = 100.0 * run.processed / max(run.total, 1)
             run.emit(
                 ev.PROCESSING_SHEETS,
-                f"Processing: {run.processed}/{run.total} sheets completed",
+                ev.processing_message(run.processed, run.total),
                 percent,
             )
     _send(conn, run, chunk)
     run.stage_times[ev.PROCESSING_SHEETS] = time.monotonic() - started
     run.emit(
         ev.PROCESSING_SHEETS,
-        f"All {run.total} sheets completed ({len(run.failed)} failed)",
+        ev.processing_done_message(run.total, len(run.failed)),
         100,
     )
     if run.processed and len(run.failed) == run.processed:
