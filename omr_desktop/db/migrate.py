@@ -36,6 +36,41 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+# Sessions holding the migration lock. A one-number advisory lock key of 32
+# bits shows in pg_locks as classid 0, objid the key, objsubid 1.
+_LOCK_HOLDER = """
+SELECT l.pid, extract(epoch FROM now() - a.xact_start)
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+        SELECT oid FROM pg_database WHERE datname = current_database())
+    AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1
+    AND l.pid <> pg_backend_pid()
+LIMIT 1
+"""
+
+
+@dataclass(frozen=True)
+class MigrationHolder:
+    """A session that holds the migration lock, so is migrating the database.
+
+    Attributes:
+        pid: its server process id.
+        seconds: the age of its transaction, or 0 when the server hides it
+            (a session of another role).
+    """
+
+    pid: int
+    seconds: float
+
+
+def migration_holder(conn: psycopg.Connection) -> MigrationHolder | None:
+    """Return the session migrating this database now, or None."""
+    row = conn.execute(_LOCK_HOLDER, (_MIGRATION_LOCK_KEY,)).fetchone()
+    if row is None:
+        return None
+    return MigrationHolder(pid=int(row[0]), seconds=float(row[1] or 0.0))
+
+
 class MigrationError(RuntimeError):
     """The database schema cannot be brought to this version of the code."""
 
@@ -129,12 +164,29 @@ def migrate(conn: psycopg.Connection, folder: Path | None = None) -> list[Migrat
     migrations = available_migrations(folder)
     applied_now: list[Migration] = []
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        _wait_for_migration_lock(conn)
         conn.execute(_CREATE_TABLE)
     for migration in migrations:
         if _apply_one(conn, migration, migrations):
             applied_now.append(migration)
     return applied_now
+
+
+def _wait_for_migration_lock(conn: psycopg.Connection) -> None:
+    """Take the migration lock, logging a warning while another process holds it."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,)
+    ).fetchone()
+    if row and row[0]:
+        return
+    holder = migration_holder(conn)
+    logger.warning(
+        "Another process is migrating this database (server process %s, "
+        "for %.0f s); waiting for it to finish.",
+        holder.pid if holder else "unknown",
+        holder.seconds if holder else 0.0,
+    )
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
 
 
 def _apply_one(

@@ -8,7 +8,12 @@ import psycopg
 from psycopg import sql
 
 from omr_desktop.db.database import Database, DatabaseLocation
-from omr_desktop.db.migrate import applied_migrations, latest_version
+from omr_desktop.db.migrate import (
+    MigrationHolder,
+    applied_migrations,
+    latest_version,
+    migration_holder,
+)
 
 # Tables whose row counts the status shows, in the order shown.
 COUNTED_TABLES = (
@@ -24,6 +29,11 @@ COUNTED_TABLES = (
     "answer_history",
 )
 
+# How long one row count waits for a table that another session has locked
+# whole, as a migration or an operator's VACUUM FULL does. After that the
+# status marks the table as locked instead of waiting silently.
+COUNT_LOCK_TIMEOUT_MS = 2000
+
 
 @dataclass(frozen=True)
 class DatabaseStatus:
@@ -34,18 +44,27 @@ class DatabaseStatus:
         server_version: for example ``"16.2"``.
         schema_version: the highest applied migration, 0 when never migrated.
         code_version: the highest migration this code knows.
-        row_counts: table name to exact row count; tables that do not exist
-            yet are left out.
+        row_counts: table name to exact row count, or None when another
+            session held the table locked. Tables that do not exist yet are
+            left out, and all tables are while a migration runs.
+        migration: the session migrating the database now, or None.
     """
 
     location: DatabaseLocation
     server_version: str
     schema_version: int
     code_version: int
-    row_counts: dict[str, int]
+    row_counts: dict[str, int | None]
+    migration: MigrationHolder | None = None
 
     @property
     def schema_state(self) -> str:
+        if self.migration is not None:
+            return (
+                f"a migration is running in server process {self.migration.pid}, "
+                f"for {self.migration.seconds:.0f} s so far; run this again when "
+                "it has finished"
+            )
         if self.schema_version == self.code_version:
             return "up to date"
         if self.schema_version < self.code_version:
@@ -56,12 +75,16 @@ class DatabaseStatus:
 def collect_status(database: Database) -> DatabaseStatus:
     """Read the status of an open database."""
     with database.connect(autocommit=True) as conn:
+        migration = migration_holder(conn)
         return DatabaseStatus(
             location=database.location(),
             server_version=_server_version(conn),
             schema_version=max(applied_migrations(conn), default=0),
             code_version=latest_version(),
-            row_counts=_row_counts(conn),
+            # A migration rewrites tables under an exclusive lock, so a count
+            # would wait until it commits.
+            row_counts={} if migration else _row_counts(conn),
+            migration=migration,
         )
 
 
@@ -70,15 +93,21 @@ def _server_version(conn: psycopg.Connection) -> str:
     return str(row[0]).split()[0] if row else "unknown"
 
 
-def _row_counts(conn: psycopg.Connection) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def _row_counts(conn: psycopg.Connection) -> dict[str, int | None]:
+    counts: dict[str, int | None] = {}
+    conn.execute(f"SET lock_timeout = {COUNT_LOCK_TIMEOUT_MS}")
     for table in COUNTED_TABLES:
         exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
         if not exists or exists[0] is None:
             continue
         query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-        row = conn.execute(query).fetchone()
+        try:
+            row = conn.execute(query).fetchone()
+        except psycopg.errors.LockNotAvailable:
+            counts[table] = None
+            continue
         counts[table] = int(row[0]) if row else 0
+    conn.execute("RESET lock_timeout")
     return counts
 
 
@@ -97,8 +126,16 @@ def format_status(status: DatabaseStatus) -> str:
         f"Schema version: {status.schema_version} (this OMR Desktop: "
         f"{status.code_version}; {status.schema_state})"
     )
+    if status.migration is not None:
+        lines.append("Rows:           not counted while the migration runs")
+        return "\n".join(lines)
     lines.append("Rows:")
     width = max((len(t) for t in status.row_counts), default=0)
     for table, count in status.row_counts.items():
-        lines.append(f"  {table:<{width}}  {count:>10,}")
+        if count is None:
+            lines.append(
+                f"  {table:<{width}}  locked by another session, not counted"
+            )
+        else:
+            lines.append(f"  {table:<{width}}  {count:>10,}")
     return "\n".join(lines)
