@@ -35,6 +35,7 @@ import psycopg
 
 from omr_desktop.db import reprocess_store, task_store
 from omr_desktop.db.database import Database
+from omr_desktop.db.migrate import latest_version, schema_version
 from omr_desktop.db.reprocess_store import SheetRow
 from omr_desktop.engine import (
     SheetImageError,
@@ -406,6 +407,7 @@ def _load_sheets(
     started = time.monotonic()
     if not run.detected_elsewhere:
         run.emit(ev.LOADING_SHEETS, f"Loading {counted(run.total, 'sheet')}", 0)
+    _check_schema_not_newer(conn)
     settings = load_profile_settings(conn, run.request.profile_id)
     rows = reprocess_store.lock_sheets(
         conn, list(run.request.sheet_ids), with_fills=run.request.redecide
@@ -415,6 +417,23 @@ def _load_sheets(
     if not run.detected_elsewhere:
         run.emit(ev.LOADING_SHEETS, f"Loaded {counted(len(jobs), 'sheet')}", 100)
     return jobs, settings
+
+
+def _check_schema_not_newer(conn: psycopg.Connection) -> None:
+    """Fail the task if a newer OMR Desktop migrated the database since start-up.
+
+    Its migration may have changed the tables this version writes, so the
+    task would fail on some statement with a message that does not say why.
+    """
+    version = schema_version(conn)
+    known = latest_version()
+    if version > known:
+        raise ReprocessError(
+            f"The database is at schema version {version}, newer than this "
+            f"OMR Desktop knows ({known}): a newer OMR Desktop migrated it "
+            "while this one was running. Nothing was written; install the "
+            "newer version here too, then start the task again."
+        )
 
 
 def load_jobs(

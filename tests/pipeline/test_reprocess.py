@@ -28,6 +28,7 @@ from psycopg.types.json import Jsonb
 
 from omr_desktop.db import reprocess_store, task_store
 from omr_desktop.db.database import Database
+from omr_desktop.db.migrate import latest_version
 from omr_desktop.engine import SheetReading, read_sheet
 from omr_desktop.engine.decide import Answer
 from omr_desktop.pipeline import events as ev
@@ -1094,6 +1095,32 @@ def test_invalid_profile_settings_fail_task(
     reason = assert_failed_and_unchanged(database, db, events, task_id, before)
     assert reason.startswith(f"Profile {profile_id} (Broken): ")
     assert message in reason
+    assert [e.stage for e in events] == [ev.LOADING_SHEETS, ev.FAILED]
+
+
+def test_schema_migrated_by_newer_version_fails_task(
+    manager: TaskManager,
+    event_log: EventLog,
+    database: Database,
+    db: psycopg.Connection,
+    demo_sheet_ids: list[int],
+) -> None:
+    # What a newer OMR Desktop leaves after migrating while this one runs.
+    newer = latest_version() + 1
+    db.execute(
+        "INSERT INTO schema_migrations (version, name, checksum)"
+        " VALUES (%s, 'from_a_newer_version', 'x')",
+        (newer,),
+    )
+    db.commit()
+    before = snapshot_tables(db)
+
+    task_id = run_task(manager, ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE))
+
+    events = event_log.of(task_id)
+    reason = assert_failed_and_unchanged(database, db, events, task_id, before)
+    assert reason.startswith(f"The database is at schema version {newer}, newer")
+    assert "install the newer version here too" in reason
     assert [e.stage for e in events] == [ev.LOADING_SHEETS, ev.FAILED]
 
 
