@@ -35,6 +35,7 @@ from omr_desktop.engine_setup import (
     cluster_event_source,
     configured_engine,
 )
+from omr_desktop.pipeline.detection_threads import detection_pool
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ async def _serve(settings: _Settings) -> int:
     loop = asyncio.get_running_loop()
     database = Database()
     await loop.run_in_executor(None, database.open)
-    executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="detect")
+    executor = detection_pool(settings.workers)
     manager: TaskManager | None = None
     app = None
     runner = None
