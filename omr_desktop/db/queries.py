@@ -164,9 +164,35 @@ def load_sheet_detail(conn: psycopg.Connection, sheet_id: int) -> SheetDetail | 
         " WHERE sheet_id = %s ORDER BY position",
         (sheet_id,),
     ).fetchall()
+    (
+        detail_id,
+        sequence_no,
+        student_code,
+        student_name,
+        score,
+        image_path,
+        status,
+        error,
+        profile_id,
+        profile_name,
+        profile_settings,
+        layout,
+        fills,
+    ) = row
     return SheetDetail(
-        *row[:12],
-        fills=None if row[12] is None else tuple(row[12]),
+        id=detail_id,
+        sequence_no=sequence_no,
+        student_code=student_code,
+        student_name=student_name,
+        score=score,
+        image_path=image_path,
+        status=status,
+        error=error,
+        profile_id=profile_id,
+        profile_name=profile_name,
+        profile_settings=profile_settings,
+        layout=layout,
+        fills=None if fills is None else tuple(fills),
         answers=tuple(
             AnswerDetail(a[0], a[1], a[2], a[3], float(a[4]), a[5], a[6], a[7])
             for a in answers

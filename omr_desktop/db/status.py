@@ -133,9 +133,7 @@ def format_status(status: DatabaseStatus) -> str:
     width = max((len(t) for t in status.row_counts), default=0)
     for table, count in status.row_counts.items():
         if count is None:
-            lines.append(
-                f"  {table:<{width}}  locked by another session, not counted"
-            )
+            lines.append(f"  {table:<{width}}  locked by another session, not counted")
         else:
             lines.append(f"  {table:<{width}}  {count:>10,}")
     return "\n".join(lines)

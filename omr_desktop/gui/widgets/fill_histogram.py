@@ -24,7 +24,7 @@ _THRESHOLD_STYLE = {
 }
 
 
-class FillHistogram(pg.PlotWidget):
+class FillHistogram(pg.PlotWidget):  # type: ignore[misc]  # pyqtgraph has no type hints
     """How many bubbles of the sheet have each fill, and where the thresholds are.
 
     An editor sees why a light mark was missed: its bar sits left of the
