@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,6 @@ from omr_desktop.db.migrate import migrate
 from omr_desktop.engine import BUILTIN_PROFILES, Template, read_sheet
 from omr_desktop.engine.image import load_sheet_for_measuring
 from omr_desktop.pipeline.copy_rows import encode_answer_columns, encode_sheet
-from omr_desktop.pipeline.detection_threads import detection_pool
 
 DEFAULT = 1
 SENSITIVE = 2
@@ -194,7 +194,7 @@ def alternate(args: argparse.Namespace, conninfo: str) -> None:
             processing_server.append(_server_cpu_s())
 
     thread_cpu: dict[str, float] = {}
-    with detection_pool(args.workers) as executor:
+    with ThreadPoolExecutor(args.workers) as executor:
         manager = TaskManager(database, executor, args.workers)
         manager.add_listener(listen)
         copy_cpu = 0.0
@@ -405,7 +405,7 @@ def decode_baseline(
         return load_sheet_for_measuring(path, template)
 
     started = time.perf_counter()
-    with detection_pool(workers) as executor:
+    with ThreadPoolExecutor(workers) as executor:
         for _result in executor.map(detect_one if detect else decode_one, paths):
             pass
     return time.perf_counter() - started
@@ -513,7 +513,7 @@ def child(args: argparse.Namespace) -> int:
     store_logger = logging.getLogger("omr_desktop.db.reprocess_store")
     store_logger.setLevel(logging.DEBUG)
     store_logger.addHandler(steps)
-    with detection_pool(args.workers) as executor:
+    with ThreadPoolExecutor(args.workers) as executor:
         manager = TaskManager(database, executor, args.workers)
         manager.add_listener(
             lambda e: final.append(e) if e.event != "progress" else None

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,6 @@ from omr_desktop.db.batch_store import unknown_batch_message
 from omr_desktop.db.database import Database
 from omr_desktop.db.id_range import MAX_PROFILE_ID, MAX_SHEET_ID
 from omr_desktop.engine_setup import EngineSetup, close_engine, configured_engine
-from omr_desktop.pipeline.detection_threads import detection_pool
 from omr_desktop.pipeline.events import ProgressEvent
 from omr_desktop.plural import counted
 
@@ -245,7 +245,7 @@ def _run_task(
         keep_manual=not args.override_manual,
         redecide=args.redecide,
     )
-    with detection_pool(args.workers) as executor:
+    with ThreadPoolExecutor(args.workers, thread_name_prefix="detect") as executor:
         setup = configured_engine(database, executor, args.workers)
         if setup.fallback_reason is not None:
             print(

@@ -35,7 +35,6 @@ from omr_desktop.engine_setup import (
     cluster_event_source,
     configured_engine,
 )
-from omr_desktop.pipeline.detection_threads import detection_pool
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +187,7 @@ async def _serve(settings: _Settings) -> int:
     loop = asyncio.get_running_loop()
     database = Database()
     await loop.run_in_executor(None, database.open)
-    executor = detection_pool(settings.workers)
+    executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="detect")
     manager: TaskManager | None = None
     app = None
     runner = None

@@ -22,12 +22,6 @@ configuration table and the code cannot drift apart:
 ``OMR_BROKER_URL``
     The cluster's Redis URL, overriding the saved ``broker_url`` setting.
     ``omr_desktop/cluster/settings.py`` lists the cluster's other variables.
-``OMR_DETECTION_PRIORITY``
-    ``idle`` (the default) runs one of this machine's detection threads
-    under Linux's ``SCHED_IDLE`` policy, so that the database server, the
-    GUI and the COPY writer find a core at once. ``normal`` puts none under
-    it, so that another busy program cannot take that thread's core.
-    ``omr_desktop/pipeline/detection_threads.py`` explains the choice.
 """
 
 from __future__ import annotations
@@ -215,23 +209,3 @@ def save_engine_choice(choice: EngineChoice) -> None:
     """Store the engine and broker URL in the settings file."""
     save_setting("engine", choice.kind)
     save_setting("broker_url", choice.broker_url)
-
-
-DETECTION_IDLE = "idle"
-DETECTION_NORMAL = "normal"
-DETECTION_PRIORITIES = (DETECTION_IDLE, DETECTION_NORMAL)
-
-
-def detection_priority() -> str:
-    """Read OMR_DETECTION_PRIORITY: ``idle`` (the default) or ``normal``.
-
-    Raises:
-        ConfigError: the value is neither.
-    """
-    value = os.environ.get("OMR_DETECTION_PRIORITY", "").strip().lower()
-    value = value or DETECTION_IDLE
-    if value not in DETECTION_PRIORITIES:
-        raise ConfigError(
-            f"Invalid OMR_DETECTION_PRIORITY {value!r}: use 'idle' or 'normal'."
-        )
-    return value

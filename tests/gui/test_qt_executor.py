@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -39,25 +37,6 @@ def test_executor_returns_results_from_pool_threads() -> None:
     executor.shutdown()
     assert [r[0] for r in results] == [n * n for n in range(20)]
     assert all(thread != main for _, thread in results)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux scheduling")
-def test_executor_puts_one_thread_idle(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OMR_DETECTION_PRIORITY", raising=False)
-    executor = QThreadPoolExecutor(2)
-    barrier = threading.Barrier(2, timeout=10)
-
-    def thread_state() -> tuple[int, int, int]:
-        barrier.wait()
-        native = threading.get_native_id()
-        return native, os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, native)
-
-    futures = [executor.submit(thread_state) for _ in range(2)]
-    states = sorted(f.result(timeout=10)[1:] for f in futures)
-    executor.shutdown()
-
-    # The other thread keeps the niceness that leaves the GUI thread room.
-    assert states == sorted([(os.SCHED_IDLE, 5), (os.SCHED_OTHER, 5)])
 
 
 def test_executor_passes_exceptions_to_future() -> None:

@@ -19,8 +19,6 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
-from omr_desktop.pipeline.detection_threads import DetectionPriority
-
 logger = logging.getLogger(__name__)
 
 
@@ -44,17 +42,14 @@ class _DetectionRunnable(QRunnable):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         on_done: Callable[[], None],
-        priority: DetectionPriority,
     ) -> None:
         super().__init__()
         self.signals = DetectionSignals()
         self._future = future
         self._call = (fn, args, kwargs)
         self._on_done = on_done
-        self._priority = priority
 
     def run(self) -> None:
-        self._priority.apply()
         _lower_thread_priority()
         try:
             if not self._future.set_running_or_notify_cancel():
@@ -106,13 +101,7 @@ class QThreadPoolExecutor(Executor):
     """
 
     def __init__(self, max_workers: int, pool: QThreadPool | None = None) -> None:
-        self._priority = DetectionPriority()
-        if pool is None:
-            pool = QThreadPool()
-            # The thread under SCHED_IDLE must live as long as the pool: a
-            # thread started after it expired would keep normal priority.
-            pool.setExpiryTimeout(-1)
-        self._pool = pool
+        self._pool = pool or QThreadPool()
         self._pool.setMaxThreadCount(max_workers)
         self._lock = threading.Lock()
         self._futures: set[Future[Any]] = set()
@@ -133,7 +122,7 @@ class QThreadPoolExecutor(Executor):
                 )
             self._futures.add(future)
         runnable = _DetectionRunnable(
-            future, fn, args, kwargs, lambda: self._forget(future), self._priority
+            future, fn, args, kwargs, lambda: self._forget(future)
         )
         runnable.setAutoDelete(True)
         self._pool.start(runnable)
