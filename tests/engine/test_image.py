@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import simplejpeg
 
 from omr_desktop.engine import image as image_module
 from omr_desktop.engine.image import (
@@ -194,6 +195,45 @@ def test_jpeg_pixels_equal_opencv(
         np.testing.assert_array_equal(
             decode_grey(page, reduced), cv2.imdecode(page, flags)
         )
+
+
+def _cmyk_sheet(demo: Template, rng: np.random.Generator) -> bytes:
+    """Return a demo page as a YCCK JPEG with inverted inks, as Adobe writes it."""
+    rendered = render_sheet(demo, random_truth(demo, rng, "clean"), rng)
+    grey = cv2.imdecode(np.frombuffer(rendered, np.uint8), cv2.IMREAD_GRAYSCALE)
+    inks = np.empty((*grey.shape, 4), np.uint8)
+    # Paper tinted by a little cyan and yellow; the marks in black ink.
+    inks[:, :, 0] = 240
+    inks[:, :, 1] = 255
+    inks[:, :, 2] = 225
+    inks[:, :, 3] = grey
+    return bytes(simplejpeg.encode_jpeg(inks, quality=90, colorspace="CMYK"))
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+def test_cmyk_jpeg_pixels_equal_opencv(
+    reduced: bool, demo: Template, rng: np.random.Generator
+) -> None:
+    data = _cmyk_sheet(demo, rng)
+    assert simplejpeg.decode_jpeg_header(data)[2] == "YCCK"
+    page = np.frombuffer(data, np.uint8)
+    flags = cv2.IMREAD_REDUCED_GRAYSCALE_2 if reduced else cv2.IMREAD_GRAYSCALE
+
+    np.testing.assert_array_equal(decode_grey(page, reduced), cv2.imdecode(page, flags))
+
+
+def test_damaged_cmyk_jpeg_is_rejected(
+    demo: Template, rng: np.random.Generator, tmp_path: Path
+) -> None:
+    broken = damaged_jpeg(_cmyk_sheet(demo, rng))
+    # OpenCV hands back a whole page, with wrong marks.
+    opencv = cv2.imdecode(np.frombuffer(broken, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert opencv is not None
+    path = tmp_path / "damaged-cmyk.jpg"
+    path.write_bytes(broken)
+
+    with pytest.raises(SheetImageError, match="damaged-cmyk.jpg: damaged JPEG data"):
+        load_sheet_image(path, demo)
 
 
 @pytest.mark.parametrize("byte_order", ["II", "MM"])
