@@ -8,6 +8,7 @@ visibly changes answers and scores.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shutil
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -116,18 +117,17 @@ def seed_demo(
 ) -> LoadResult:
     """Render ``sheets`` demo scans into the data folder and store them as a batch.
 
-    Images go to ``<data_dir>/demo/<batch name>/``; if storing fails they are
-    removed again, so a failed demo leaves neither rows nor files.
+    Images go to a new folder ``<data_dir>/demo/<batch name>/``, or
+    ``<batch name>-2/`` and so on when that name is taken, because a folder
+    of that name may hold another batch's images. If storing fails, the new
+    folder is removed again, so a failed demo leaves neither rows nor files.
     """
     if sheets < 1:
         raise ValueError(f"--sheets must be at least 1, not {sheets}.")
     template = demo_template(DEFAULT_QUESTIONS, DEFAULT_OPTIONS)
     rng = np.random.default_rng(seed)
     key = _answer_key(template, rng)
-    image_dir = data_dir / "demo" / _folder_name(batch_name)
-    if image_dir.exists():
-        shutil.rmtree(image_dir)
-    image_dir.mkdir(parents=True)
+    image_dir = _new_image_dir(data_dir / "demo", _folder_name(batch_name))
     batch = NewBatch(
         name=batch_name,
         template=template,
@@ -248,6 +248,20 @@ def _answer_key(template: Template, rng: np.random.Generator) -> dict[str, str]:
 
 def _student_name(rng: np.random.Generator) -> str:
     return f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)}"
+
+
+def _new_image_dir(parent: Path, name: str) -> Path:
+    """Create and return a folder ``name`` in ``parent`` that did not exist."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        folder = parent / (name if number == 1 else f"{name}-{number}")
+        try:
+            # Created and tested at once, so two demos cannot take one folder.
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise AssertionError("unreachable")
 
 
 def _folder_name(batch_name: str) -> str:

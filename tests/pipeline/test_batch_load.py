@@ -89,13 +89,41 @@ def test_failed_demo_leaves_no_rows_and_no_images(
     assert not (tmp_path / "demo" / "Demo").exists()
 
 
+def image_paths(db: psycopg.Connection, batch_name: str) -> list[Path]:
+    rows = db.execute(
+        "SELECT s.image_path FROM sheets s JOIN batches b ON b.id = s.batch_id"
+        " WHERE b.name = %s ORDER BY s.sequence_no",
+        (batch_name,),
+    ).fetchall()
+    return [Path(r[0]) for r in rows]
+
+
 def test_demo_rejects_existing_batch_name(
     db: psycopg.Connection, tmp_path: Path
 ) -> None:
-    seed_demo(db, tmp_path, sheets=1, workers=1)
+    seed_demo(db, tmp_path, sheets=2, workers=1)
+    images = image_paths(db, "Demo")
 
     with pytest.raises(BatchExistsError, match="'Demo' exists already"):
-        seed_demo(db, tmp_path / "again", sheets=1, workers=1)
+        seed_demo(db, tmp_path, sheets=1, workers=1)
+
+    # The first batch keeps its images, and the second leaves no folder.
+    assert all(path.is_file() for path in images)
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["Demo"]
+
+
+def test_demo_names_sharing_folder_keep_images(
+    db: psycopg.Connection, tmp_path: Path
+) -> None:
+    # Both names become the folder name "X-1".
+    seed_demo(db, tmp_path, sheets=3, batch_name="X 1", workers=1)
+    seed_demo(db, tmp_path, sheets=2, batch_name="X-1", workers=1)
+
+    first = image_paths(db, "X 1")
+    second = image_paths(db, "X-1")
+    assert {p.parent.name for p in first} == {"X-1"}
+    assert {p.parent.name for p in second} == {"X-1-2"}
+    assert all(path.is_file() for path in first + second)
 
 
 def write(path: Path, text: str) -> Path:
