@@ -110,17 +110,19 @@ def unpack_readings(data: bytes) -> dict[int, SheetReading | str]:
 
 
 def _split(data: bytes) -> tuple[dict[str, Any], np.ndarray[Any, np.dtype[np.float32]]]:
+    _check_magic(data)
     start = len(MAGIC) + _LENGTH.size
-    if len(data) < start or not data.startswith(MAGIC):
-        if data.startswith(MAGIC[:-1]):
-            version = data[len(MAGIC) - 1 : len(MAGIC)].decode(errors="replace")
-            raise ChunkFormatError(
-                f"The chunk is in format {version}, from another version of "
-                f"OMR Desktop; this one reads format {MAGIC[-1:].decode()}. "
-                "Run the same version on every worker and where tasks start."
-            )
-        raise ChunkFormatError("The data does not start with a chunk header.")
+    if len(data) < start:
+        raise ChunkFormatError(
+            f"The chunk is truncated: {len(data)} bytes, too short for its "
+            "header's length."
+        )
     (length,) = _LENGTH.unpack_from(data, len(MAGIC))
+    if start + length > len(data):
+        raise ChunkFormatError(
+            f"The chunk is truncated: its header is {length} bytes long, but "
+            f"only {len(data) - start} bytes follow."
+        )
     body = data[start + length :]
     if len(body) % _FLOAT.itemsize:
         raise ChunkFormatError("The chunk's number block is truncated.")
@@ -129,6 +131,24 @@ def _split(data: bytes) -> tuple[dict[str, Any], np.ndarray[Any, np.dtype[np.flo
     except ValueError as exc:
         raise ChunkFormatError(f"The chunk header is not JSON: {exc}") from exc
     return header, np.frombuffer(body, dtype=_FLOAT)
+
+
+def _check_magic(data: bytes) -> None:
+    """Raise unless ``data`` starts with this format's magic and version."""
+    if data.startswith(MAGIC):
+        return
+    prefix = MAGIC[:-1]
+    if not data.startswith(prefix):
+        raise ChunkFormatError("The data does not start with a chunk header.")
+    version = data[len(prefix) : len(MAGIC)]
+    if not version:
+        raise ChunkFormatError("The chunk is truncated before its format version.")
+    version_text = version.decode() if version.isdigit() else f"0x{version.hex()}"
+    raise ChunkFormatError(
+        f"The chunk is in format {version_text}, from another version of OMR "
+        f"Desktop; this one reads format {MAGIC[-1:].decode()}. Run the same "
+        "version on every worker and where tasks start."
+    )
 
 
 def _sheet_reading(

@@ -392,7 +392,13 @@ def detect_chunk(
         # Another delivery finished this chunk. Copies of a chunk that ran
         # longer than the visibility timeout stay queued after it ends.
         logger.info("Task %s: chunk %d already detected, skipped", task_id, chunk)
-        return _chunk_summary(chunk, unpack_readings(stored))
+        try:
+            return _chunk_summary(chunk, unpack_readings(stored))
+        except ChunkFormatError as exc:
+            # Stored by a worker of another version, or damaged in Redis.
+            reason = f"The stored result of chunk {chunk} is unreadable: {exc}"
+            fail_task(database, sink, task_id, reason, total)
+            raise ClusterTaskError(reason) from exc
     deliveries = events.count_attempt(task_id, chunk)
     if deliveries > MAX_CHUNK_DELIVERIES:
         reason = (

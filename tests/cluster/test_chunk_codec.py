@@ -91,6 +91,20 @@ def test_chunk_of_another_format_is_named() -> None:
         unpack_readings(packed)
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (MAGIC[:-1], "truncated before its format version"),
+        (MAGIC + b"\0\0", "truncated: 7 bytes, too short"),
+        (MAGIC + b"\0\0\0\x10{}", "header is 16 bytes long, but only 2 bytes follow"),
+        (MAGIC[:-1] + b"\x01", "in format 0x01, from another version"),
+    ],
+)
+def test_truncated_chunk_is_named(data: bytes, message: str) -> None:
+    with pytest.raises(ChunkFormatError, match=message):
+        unpack_readings(data)
+
+
 def test_answer_fills_left_out() -> None:
     original = reading(4)
     assert isinstance(original, SheetReading)

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from omr_desktop.cluster import tasks
-from omr_desktop.cluster.chunk_codec import pack_readings
+from omr_desktop.cluster.chunk_codec import MAGIC, pack_readings
 from omr_desktop.cluster.redis_events import RedisEvents
 from omr_desktop.config import DatabaseChoice
 from omr_desktop.db import task_store
@@ -172,6 +172,36 @@ def test_late_chunk_copy_keeps_task_running(
     assert row.status == task_store.STARTED
     published = [e["event"] for e in redis_events.history(task_id)]
     assert ev.ERROR not in published
+
+
+def test_late_copy_of_other_format_fails_task(
+    seeded: tuple[Database, list[int]],
+    worker_env: None,
+    celery_app: Any,
+    redis_events: RedisEvents,
+) -> None:
+    database, sheet_ids = seeded
+    request = ReprocessRequest(tuple(sheet_ids), SENSITIVE)
+    task_id = started_task(database, request)
+    # A worker of the version before stored the chunk in format 1.
+    packed = pack_readings(detect_all(database, request))
+    redis_events.store_chunk(task_id, 0, b"OMRC1" + packed[len(MAGIC) :])
+
+    chunk_task = celery_app.tasks[tasks.CHUNK_TASK_NAME]
+    outcome = chunk_task.apply(
+        args=[task_id, 0, sheet_ids, SENSITIVE, False, len(sheet_ids)]
+    )
+
+    assert outcome.failed()
+    assert isinstance(outcome.result, tasks.ClusterTaskError)
+    assert "stored result of chunk 0 is unreadable" in str(outcome.result)
+    assert "in format 1, from another version" in str(outcome.result)
+    with database.connect() as conn:
+        row = task_store.get_task(conn, task_id)
+    assert row is not None
+    assert row.status == task_store.FAILURE
+    published = [e["event"] for e in redis_events.history(task_id)]
+    assert ev.ERROR in published
 
 
 def test_unknown_profile_fails_with_event(
