@@ -29,10 +29,13 @@ COUNTED_TABLES = (
     "answer_history",
 )
 
-# How long one row count waits for a table that another session has locked
-# whole, as a migration or an operator's VACUUM FULL does. After that the
-# status marks the table as locked instead of waiting silently.
-COUNT_LOCK_TIMEOUT_MS = 2000
+# How long a read waits for a table that another session has locked whole,
+# as a migration or an operator's VACUUM FULL does. After that the status
+# marks the table as locked instead of waiting silently. Once one table
+# was locked, the others wait only the shorter time, so that many locked
+# tables cannot add up to a long wait.
+LOCK_TIMEOUT_MS = 2000
+LATER_LOCK_TIMEOUT_MS = 100
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,9 @@ class DatabaseStatus:
     Attributes:
         location: where it is (no password).
         server_version: for example ``"16.2"``.
-        schema_version: the highest applied migration, 0 when never migrated.
+        schema_version: the highest applied migration, 0 when never
+            migrated, None when another session held schema_migrations
+            locked.
         code_version: the highest migration this code knows.
         row_counts: table name to exact row count, or None when another
             session held the table locked. Tables that do not exist yet are
@@ -52,7 +57,7 @@ class DatabaseStatus:
 
     location: DatabaseLocation
     server_version: str
-    schema_version: int
+    schema_version: int | None
     code_version: int
     row_counts: dict[str, int | None]
     migration: MigrationHolder | None = None
@@ -65,6 +70,11 @@ class DatabaseStatus:
                 f"for {self.migration.seconds:.0f} s so far; run this again when "
                 "it has finished"
             )
+        if self.schema_version is None:
+            return (
+                "unknown, because another session holds the schema_migrations "
+                "table locked; run this again later"
+            )
         if self.schema_version == self.code_version:
             return "up to date"
         if self.schema_version < self.code_version:
@@ -75,11 +85,17 @@ class DatabaseStatus:
 def collect_status(database: Database) -> DatabaseStatus:
     """Read the status of an open database."""
     with database.connect(autocommit=True) as conn:
+        conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
         migration = migration_holder(conn)
+        try:
+            schema_version: int | None = max(applied_migrations(conn), default=0)
+        except psycopg.errors.LockNotAvailable:
+            schema_version = None
+            conn.execute(f"SET lock_timeout = {LATER_LOCK_TIMEOUT_MS}")
         return DatabaseStatus(
             location=database.location(),
             server_version=_server_version(conn),
-            schema_version=max(applied_migrations(conn), default=0),
+            schema_version=schema_version,
             code_version=latest_version(),
             # A migration rewrites tables under an exclusive lock, so a count
             # would wait until it commits.
@@ -95,7 +111,6 @@ def _server_version(conn: psycopg.Connection) -> str:
 
 def _row_counts(conn: psycopg.Connection) -> dict[str, int | None]:
     counts: dict[str, int | None] = {}
-    conn.execute(f"SET lock_timeout = {COUNT_LOCK_TIMEOUT_MS}")
     for table in COUNTED_TABLES:
         exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
         if not exists or exists[0] is None:
@@ -105,9 +120,9 @@ def _row_counts(conn: psycopg.Connection) -> dict[str, int | None]:
             row = conn.execute(query).fetchone()
         except psycopg.errors.LockNotAvailable:
             counts[table] = None
+            conn.execute(f"SET lock_timeout = {LATER_LOCK_TIMEOUT_MS}")
             continue
         counts[table] = int(row[0]) if row else 0
-    conn.execute("RESET lock_timeout")
     return counts
 
 
@@ -122,8 +137,9 @@ def format_status(status: DatabaseStatus) -> str:
     ]
     if loc.data_dir is not None:
         lines.append(f"Data folder:    {loc.data_dir}")
+    version = "unknown" if status.schema_version is None else status.schema_version
     lines.append(
-        f"Schema version: {status.schema_version} (this OMR Desktop: "
+        f"Schema version: {version} (this OMR Desktop: "
         f"{status.code_version}; {status.schema_state})"
     )
     if status.migration is not None:

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from omr_desktop.config import DatabaseChoice
 from omr_desktop.db.database import Database
 from omr_desktop.db.migrate import _MIGRATION_LOCK_KEY, migrate
-from omr_desktop.db.status import DatabaseStatus, collect_status, format_status
+from omr_desktop.db.status import (
+    LOCK_TIMEOUT_MS,
+    DatabaseStatus,
+    collect_status,
+    format_status,
+)
 
 pytestmark = pytest.mark.db
 
@@ -102,3 +109,37 @@ def test_second_migrate_waits_and_warns(
     assert applied == [[]]
     assert "Another process is migrating this database" in caplog.text
     assert f"server process {other.info.backend_pid}" in caplog.text
+
+
+def test_status_waits_once_for_locked_tables(
+    database: Database, other: psycopg.Connection
+) -> None:
+    for table in ("sheets", "students", "omr_answers", "answer_history"):
+        other.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.Identifier(table)
+            )
+        )
+    started = time.monotonic()
+
+    status = status_within_timeout(database)
+
+    locked = [t for t, count in status.row_counts.items() if count is None]
+    assert locked == ["sheets", "students", "omr_answers", "answer_history"]
+    # One full wait, then the shorter one for each further table. Waiting
+    # the full time for each table would take at least four of them.
+    assert time.monotonic() - started < 4 * LOCK_TIMEOUT_MS / 1000
+
+
+def test_status_names_locked_schema_table(
+    database: Database, other: psycopg.Connection
+) -> None:
+    other.execute("LOCK TABLE schema_migrations IN ACCESS EXCLUSIVE MODE")
+
+    status = status_within_timeout(database)
+    text = format_status(status)
+
+    assert status.schema_version is None
+    assert "Schema version: unknown (this OMR Desktop:" in text
+    assert "holds the schema_migrations table locked" in text
+    assert status.row_counts["profiles"] is not None
