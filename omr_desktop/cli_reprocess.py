@@ -19,7 +19,7 @@ from omr_desktop.db.database import Database
 from omr_desktop.db.id_range import MAX_PROFILE_ID, MAX_SHEET_ID
 from omr_desktop.engine_setup import EngineSetup, close_engine, configured_engine
 from omr_desktop.pipeline.events import ProgressEvent
-from omr_desktop.plural import counted
+from omr_desktop.plural import counted, noun
 
 if TYPE_CHECKING:
     from omr_desktop.pipeline.reprocess import ReprocessRequest
@@ -387,7 +387,8 @@ class ProgressBar:
         bar = "#" * filled + "-" * (cells - filled)
         text = (
             f"[{bar}] {event.overall_percentage:5.1f}% {event.stage}: "
-            f"{event.processed}/{event.total} sheets, {rate:.0f}/s, "
+            f"{event.processed}/{event.total} {noun(event.total, 'sheet')}, "
+            f"{rate:.0f}/s, "
             f"{_duration(left)} left"
         )
         self._stream.write("\r" + text[: width - 1].ljust(width - 1))

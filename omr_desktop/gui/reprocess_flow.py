@@ -23,6 +23,7 @@ from omr_desktop.pipeline.events import ProgressEvent
 from omr_desktop.pipeline.preview import preview_sheet
 from omr_desktop.pipeline.reprocess import ReprocessRequest
 from omr_desktop.pipeline.task_manager import TaskManager
+from omr_desktop.plural import counted
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class ReprocessFlow(QObject):
         manager = self._manager
         request = ReprocessRequest(tuple(sheet_ids), profile_id)
         title = (
-            f"Re-processing {len(sheet_ids):,} sheets with "
+            f"Re-processing {counted(len(sheet_ids), 'sheet')} with "
             f"{names.get(profile_id, f'profile {profile_id}')}"
         )
         self._db_tasks.run(

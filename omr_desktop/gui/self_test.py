@@ -67,6 +67,7 @@ from omr_desktop.gui.windows.main_window import MainWindow
 from omr_desktop.gui.workers.db_task import DbTask
 from omr_desktop.log_setup import configure_logging
 from omr_desktop.pipeline.demo import seed_demo
+from omr_desktop.plural import counted
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
@@ -415,7 +416,7 @@ class SelfTest:
                 window.sheet_model.index(0, 1)
             ),
         )
-        self._step("batch and first sheet opened", f"{count} sheets listed")
+        self._step("batch and first sheet opened", f"{counted(count, 'sheet')} listed")
 
     def _batch_row(self, window: MainWindow, batch_id: int) -> int:
         proxy = window.batch_proxy
@@ -479,7 +480,7 @@ class SelfTest:
             )
         if not window.reprocess_button.isVisible():
             raise SelfTestError("The Re-Process icon is hidden with sheets selected.")
-        self._step("select mode on", f"{selected} sheets selected")
+        self._step("select mode on", f"{counted(selected, 'sheet')} selected")
 
     def _choose_sensitive(self, dialog: ProfileDialog) -> None:
         preview: PreviewResult

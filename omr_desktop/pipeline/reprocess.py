@@ -55,7 +55,7 @@ from omr_desktop.pipeline.copy_rows import (
     encode_sheet,
 )
 from omr_desktop.pipeline.events import ProgressEvent, ProgressSink
-from omr_desktop.plural import counted, id_list
+from omr_desktop.plural import counted, id_list, noun
 
 logger = logging.getLogger(__name__)
 
@@ -718,7 +718,8 @@ def _collect_results(run: _Run) -> None:
     megabytes = run.copy_bytes / 1e6
     run.emit(
         ev.GENERATING_CSV,
-        f"CSV generation complete: {good} sheets, {run.answers_written} answers "
+        f"CSV generation complete: {good} {noun(good, 'sheet')}, "
+        f"{run.answers_written} {noun(run.answers_written, 'answer')} "
         f"({megabytes:.1f} MB of COPY data staged)",
         100,
     )
@@ -743,9 +744,10 @@ def _load_to_database(
     run.stage_times[ev.LOADING_TO_DATABASE] = elapsed
     run.emit(
         ev.LOADING_TO_DATABASE,
-        f"Database load complete: {good} sheets, {run.answers_written} answers "
-        f"in {run.db_seconds * 1000:.0f}ms ({counts.answers_updated} rows "
-        "updated)",
+        f"Database load complete: {good} {noun(good, 'sheet')}, "
+        f"{run.answers_written} {noun(run.answers_written, 'answer')} "
+        f"in {run.db_seconds * 1000:.0f}ms ({counts.answers_updated} "
+        f"{noun(counts.answers_updated, 'row')} updated)",
         100,
     )
     return counts

@@ -8,6 +8,7 @@ trigger, a replaced procedure, a deferred constraint), and every check of
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -355,6 +356,21 @@ def test_events_follow_stages_and_are_stored(
     streamed = [(e.event_id, e.event, e.to_dict()) for e in events]
     stored = [(s.event_id, s.event, s.data) for s in stored_events(database, task_id)]
     assert stored == streamed
+
+
+def test_one_sheet_messages_agree_in_number(
+    manager: TaskManager, event_log: EventLog, demo_sheet_ids: list[int]
+) -> None:
+    task_id = run_task(manager, ReprocessRequest((demo_sheet_ids[0],), SENSITIVE))
+
+    messages = [e.message for e in event_log.of(task_id)]
+    assert "Processing: 1/1 sheet completed" in messages
+    assert "1/1 sheet completed (0 failed)" in messages
+    csv = "CSV generation complete: 1 sheet, 150 answers"
+    assert any(m.startswith(csv) for m in messages)
+    load = "Database load complete: 1 sheet, 150 answers"
+    assert any(m.startswith(load) for m in messages)
+    assert not [m for m in messages if re.search(r"\b1 (sheets|answers|rows)\b", m)]
 
 
 def test_complete_event_comes_after_commit(
