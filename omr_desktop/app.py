@@ -34,6 +34,7 @@ from omr_desktop.gui.windows.main_window import MainWindow
 from omr_desktop.gui.workers.db_task import DbTask, DbTaskRunner
 from omr_desktop.gui.workers.qt_executor import QThreadPoolExecutor
 from omr_desktop.pipeline.task_manager import TaskManager, TaskRequestError
+from omr_desktop.plural import counted
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +177,8 @@ class AppSession:
                     return "There is no reprocess to undo."
                 result = undo_task(conn, row[0])
             return (
-                f"Undid task {result.task_id[:8]}: {result.sheets_restored} "
-                "sheets restored."
+                f"Undid task {result.task_id[:8]}: "
+                f"{counted(result.sheets_restored, 'sheet')} restored."
             )
 
         self._db_tasks.run(

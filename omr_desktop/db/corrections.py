@@ -11,6 +11,7 @@ import re
 
 import psycopg
 
+from omr_desktop.db.migrate import check_not_newer
 from omr_desktop.db.reprocess_store import lock_sheet_ids
 
 # A corrected answer: option values joined (A, BC, 12), blank, or '*' for
@@ -39,6 +40,7 @@ def correct_answer(
             "B or AC, nothing for blank, or * for an unresolved multi-mark."
         )
     with conn.transaction():
+        check_not_newer(conn)
         lock_sheet_ids(conn, [sheet_id], _BUSY)
         updated = conn.execute(
             "UPDATE omr_answers SET answer_corrected = %s, corrected_by = %s,"
@@ -55,6 +57,7 @@ def swap_students(conn: psycopg.Connection, first: int, second: int) -> None:
     if first == second:
         raise CorrectionError("Swap needs two different sheets.")
     with conn.transaction():
+        check_not_newer(conn)
         rows = lock_sheet_ids(conn, [first, second], _BUSY)
         if len(rows) != 2:
             raise CorrectionError(f"Sheet {first} or {second} does not exist.")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from omr_desktop.db.migrate import check_not_newer
 from omr_desktop.db.reprocess_store import lock_sheet_ids
 from omr_desktop.plural import id_list, noun
 
@@ -43,6 +44,7 @@ def undo_task(conn: psycopg.Connection, task_id: str) -> UndoResult:
             task or a manual correction changed the same sheets since.
     """
     with conn.transaction():
+        check_not_newer(conn)
         sheet_ids, finished_at = _undoable(conn, task_id)
         lock_sheet_ids(
             conn,

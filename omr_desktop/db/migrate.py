@@ -8,6 +8,7 @@ afterwards is detected instead of silently diverging.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -242,6 +243,34 @@ def _check_known(applied: dict[int, str], known: list[Migration]) -> None:
                 "it was applied to this database. Restore the original file; "
                 "schema changes go into a new migration."
             )
+
+
+def check_not_newer(conn: psycopg.Connection) -> None:
+    """Raise if a newer OMR Desktop migrated the database since this one started.
+
+    Writers call this first: the newer migration may have changed the
+    tables they write, and their statements would fail with messages that
+    do not say why.
+
+    Raises:
+        SchemaTooNewError: the database's schema version is newer than this
+            code's.
+    """
+    version = schema_version(conn)
+    known = _known_version()
+    if version > known:
+        raise SchemaTooNewError(
+            f"The database is at schema version {version}, newer than this "
+            f"OMR Desktop knows ({known}): a newer OMR Desktop migrated it "
+            "while this one was running. Nothing was written; install the "
+            "newer version here too, then try again."
+        )
+
+
+@functools.cache
+def _known_version() -> int:
+    # The installed migration files do not change while the program runs.
+    return latest_version()
 
 
 def check_schema(conn: psycopg.Connection, folder: Path | None = None) -> int:

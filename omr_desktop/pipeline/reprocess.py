@@ -35,7 +35,7 @@ import psycopg
 
 from omr_desktop.db import reprocess_store, task_store
 from omr_desktop.db.database import Database
-from omr_desktop.db.migrate import latest_version, schema_version
+from omr_desktop.db.migrate import SchemaTooNewError, check_not_newer
 from omr_desktop.db.reprocess_store import SheetRow
 from omr_desktop.engine import (
     SheetImageError,
@@ -420,20 +420,11 @@ def _load_sheets(
 
 
 def _check_schema_not_newer(conn: psycopg.Connection) -> None:
-    """Fail the task if a newer OMR Desktop migrated the database since start-up.
-
-    Its migration may have changed the tables this version writes, so the
-    task would fail on some statement with a message that does not say why.
-    """
-    version = schema_version(conn)
-    known = latest_version()
-    if version > known:
-        raise ReprocessError(
-            f"The database is at schema version {version}, newer than this "
-            f"OMR Desktop knows ({known}): a newer OMR Desktop migrated it "
-            "while this one was running. Nothing was written; install the "
-            "newer version here too, then start the task again."
-        )
+    """Fail the task if a newer OMR Desktop migrated the database since start-up."""
+    try:
+        check_not_newer(conn)
+    except SchemaTooNewError as exc:
+        raise ReprocessError(str(exc)) from exc
 
 
 def load_jobs(

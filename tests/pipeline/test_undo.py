@@ -11,8 +11,10 @@ import pytest
 
 from omr_desktop.cli import main
 from omr_desktop.config import DatabaseChoice
+from omr_desktop.db.corrections import correct_answer, swap_students
 from omr_desktop.db.database import Database
 from omr_desktop.db.history_store import UndoError, prune_history, undo_task
+from omr_desktop.db.migrate import SchemaTooNewError, latest_version
 from omr_desktop.pipeline.demo import seed_demo
 from omr_desktop.pipeline.reprocess import ReprocessRequest
 from omr_desktop.pipeline.task_manager import TaskManager
@@ -131,6 +133,40 @@ def test_undo_rejected_after_manual_correction(
 
         with pytest.raises(UndoError, match="corrected by hand"):
             undo_task(conn, task_id)
+
+
+def mark_migrated_by_newer_version(conn: psycopg.Connection) -> int:
+    """Record a migration this code does not know, as a newer version would."""
+    newer = latest_version() + 1
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name, checksum)"
+        " VALUES (%s, 'from_a_newer_version', 'x')",
+        (newer,),
+    )
+    return newer
+
+
+def test_writes_rejected_after_newer_migration(
+    seeded: tuple[Database, list[int]],
+) -> None:
+    database, ids = seeded
+    task_id = reprocess(database, ids, 2)
+    with database.connect(autocommit=True) as conn:
+        newer = mark_migrated_by_newer_version(conn)
+        before = snapshot(conn)
+        students = "SELECT id, student_id FROM sheets ORDER BY id"
+        students_before = conn.execute(students).fetchall()
+        message = f"schema version {newer}, newer than this OMR Desktop"
+
+        with pytest.raises(SchemaTooNewError, match=message):
+            undo_task(conn, task_id)
+        with pytest.raises(SchemaTooNewError, match=message):
+            correct_answer(conn, ids[0], "q1", "C", "editor")
+        with pytest.raises(SchemaTooNewError, match=message):
+            swap_students(conn, ids[0], ids[1])
+
+        assert snapshot(conn) == before
+        assert conn.execute(students).fetchall() == students_before
 
 
 def test_pruned_history_cannot_be_undone(seeded: tuple[Database, list[int]]) -> None:
