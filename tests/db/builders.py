@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.types.json import Jsonb
 
+from omr_desktop.db.migrate import latest_version
+
 
 @dataclass(frozen=True)
 class AnswerRow:
@@ -139,3 +141,17 @@ def snapshot_other_sheets(
         table: [str(r[0]) for r in conn.execute(query, (list(excluded),)).fetchall()]
         for table, query in queries.items()
     }
+
+
+def mark_migrated_by_newer_version(conn: psycopg.Connection) -> int:
+    """Record a migration this code does not know, as a newer version would.
+
+    Returns the recorded version.
+    """
+    newer = latest_version() + 1
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name, checksum)"
+        " VALUES (%s, 'from_a_newer_version', 'x')",
+        (newer,),
+    )
+    return newer

@@ -29,7 +29,6 @@ from psycopg.types.json import Jsonb
 
 from omr_desktop.db import reprocess_store, task_store
 from omr_desktop.db.database import Database
-from omr_desktop.db.migrate import latest_version
 from omr_desktop.engine import SheetReading, read_sheet
 from omr_desktop.engine.decide import Answer
 from omr_desktop.pipeline import events as ev
@@ -55,7 +54,12 @@ from omr_desktop.pipeline.task_manager import (
 )
 from tests.conftest import RUN_ID, drop_database, with_dbname
 from tests.corrupt_images import damaged_jpeg, png_claiming_size
-from tests.db.builders import add_batch, add_sheet, add_template
+from tests.db.builders import (
+    add_batch,
+    add_sheet,
+    add_template,
+    mark_migrated_by_newer_version,
+)
 from tests.pipeline.conftest import WORKERS, EventLog, snapshot_tables
 
 pytestmark = pytest.mark.db
@@ -1121,13 +1125,7 @@ def test_schema_migrated_by_newer_version_fails_task(
     db: psycopg.Connection,
     demo_sheet_ids: list[int],
 ) -> None:
-    # What a newer OMR Desktop leaves after migrating while this one runs.
-    newer = latest_version() + 1
-    db.execute(
-        "INSERT INTO schema_migrations (version, name, checksum)"
-        " VALUES (%s, 'from_a_newer_version', 'x')",
-        (newer,),
-    )
+    newer = mark_migrated_by_newer_version(db)
     db.commit()
     before = snapshot_tables(db)
 

@@ -14,10 +14,11 @@ from omr_desktop.config import DatabaseChoice
 from omr_desktop.db.corrections import correct_answer, swap_students
 from omr_desktop.db.database import Database
 from omr_desktop.db.history_store import UndoError, prune_history, undo_task
-from omr_desktop.db.migrate import SchemaTooNewError, latest_version
+from omr_desktop.db.migrate import SchemaTooNewError
 from omr_desktop.pipeline.demo import seed_demo
 from omr_desktop.pipeline.reprocess import ReprocessRequest
 from omr_desktop.pipeline.task_manager import TaskManager
+from tests.db.builders import mark_migrated_by_newer_version
 
 pytestmark = pytest.mark.db
 
@@ -133,17 +134,6 @@ def test_undo_rejected_after_manual_correction(
 
         with pytest.raises(UndoError, match="corrected by hand"):
             undo_task(conn, task_id)
-
-
-def mark_migrated_by_newer_version(conn: psycopg.Connection) -> int:
-    """Record a migration this code does not know, as a newer version would."""
-    newer = latest_version() + 1
-    conn.execute(
-        "INSERT INTO schema_migrations (version, name, checksum)"
-        " VALUES (%s, 'from_a_newer_version', 'x')",
-        (newer,),
-    )
-    return newer
 
 
 def test_writes_rejected_after_newer_migration(
