@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -161,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "configures_own_logging", False):
         log_file = configure_logging(level, config.log_dir())
     handler: Handler = args.handler
+    if getattr(args, "interrupt_on_sigterm", False):
+        # A command that writes files cleans them up on KeyboardInterrupt,
+        # and SIGTERM, as from kill or a service manager, takes that path too.
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -173,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         return _report_failure(exc, log_file)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _report_failure(exc: Exception, log_file: object) -> int:

@@ -28,7 +28,11 @@ def add_batch_commands(commands: argparse._SubParsersAction) -> None:  # type: i
         help="number of sheets (default 200)",
     )
     demo.add_argument(
-        "--batch", default="Demo", metavar="NAME", help="batch name (default 'Demo')"
+        "--batch",
+        type=_batch_name,
+        default="Demo",
+        metavar="NAME",
+        help="batch name (default 'Demo')",
     )
     demo.add_argument(
         "--seed",
@@ -42,7 +46,7 @@ def add_batch_commands(commands: argparse._SubParsersAction) -> None:  # type: i
         help="do nothing when the batch exists already",
     )
     _add_workers(demo)
-    demo.set_defaults(handler=run_demo)
+    demo.set_defaults(handler=run_demo, interrupt_on_sigterm=True)
 
     imp = commands.add_parser(
         "import", help="create a batch from aligned scans and read them with Default"
@@ -61,7 +65,9 @@ def add_batch_commands(commands: argparse._SubParsersAction) -> None:  # type: i
         metavar="DIR",
         help="folder of aligned sheet images, read in name order",
     )
-    imp.add_argument("--batch", required=True, metavar="NAME", help="batch name")
+    imp.add_argument(
+        "--batch", type=_batch_name, required=True, metavar="NAME", help="batch name"
+    )
     imp.add_argument(
         "--key",
         type=Path,
@@ -96,7 +102,7 @@ def add_batch_commands(commands: argparse._SubParsersAction) -> None:  # type: i
         help="roll number,name lines, matched by the sheet's roll number",
     )
     _add_workers(imp)
-    imp.set_defaults(handler=run_import)
+    imp.set_defaults(handler=run_import, interrupt_on_sigterm=True)
 
 
 def _add_workers(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +120,15 @@ def _points(text: str) -> Decimal:
         return Decimal(text)
     except InvalidOperation:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _batch_name(value: str) -> str:
+    """Return a new batch's name as given, rejecting one that is blank."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            f"invalid batch name {value!r}: give a name with a visible character"
+        )
+    return value
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ _EXPECTED = (
     ("omr_desktop.db.file_lock", "LockTimeoutError"),
     ("omr_desktop.db.batch_store", "BatchExistsError"),
     ("omr_desktop.pipeline.importer", "ImportInputError"),
+    ("omr_desktop.pipeline.demo", "DemoImagesError"),
     ("omr_desktop.db.reprocess_store", "SheetsBusyError"),
     ("omr_desktop.db.history_store", "UndoError"),
     ("omr_desktop.db.export", "ExportError"),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,42 @@ def test_demo_command_seeds_batch_once(
     assert "exists already; nothing to do" in capsys.readouterr().out
     assert main(["demo", "--sheets", "2"]) == 1
     assert "A batch named 'Demo' exists already" in capsys.readouterr().err
+
+
+def test_demo_blank_name_exits_2(
+    use_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--batch", "  "])
+
+    assert exited.value.code == 2
+    assert "invalid batch name '  '" in capsys.readouterr().err
+
+
+def test_demo_stopped_by_sigterm_removes_images(
+    use_database: str, tmp_path: Path
+) -> None:
+    images = tmp_path / "data" / "demo" / "Demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "omr_desktop.cli", "demo", "--sheets", "2000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (images.is_dir() and any(images.iterdir())):
+            assert demo.poll() is None, demo.communicate()[1]
+            assert time.monotonic() < deadline, "no image was written"
+            time.sleep(0.05)
+        demo.send_signal(signal.SIGTERM)
+        _, errors = demo.communicate(timeout=TIMEOUT_S)
+    finally:
+        demo.kill()
+
+    assert demo.returncode == 1
+    assert "Interrupted." in errors
+    assert not images.exists()
 
 
 def test_import_command_reports_invalid_template(

@@ -127,7 +127,10 @@ def seed_demo(
     template = demo_template(DEFAULT_QUESTIONS, DEFAULT_OPTIONS)
     rng = np.random.default_rng(seed)
     key = _answer_key(template, rng)
-    image_dir = _new_image_dir(data_dir / "demo", _folder_name(batch_name))
+    try:
+        image_dir = _new_image_dir(data_dir / "demo", _folder_name(batch_name))
+    except OSError as exc:
+        raise DemoImagesError(_cannot_write(data_dir / "demo", exc)) from exc
     batch = NewBatch(
         name=batch_name,
         template=template,
@@ -147,9 +150,23 @@ def seed_demo(
             return load_batch(
                 conn, batch, jobs, executor, workers, progress, read=render
             )
+    except OSError as exc:
+        shutil.rmtree(image_dir, ignore_errors=True)
+        raise DemoImagesError(_cannot_write(image_dir, exc)) from exc
     except BaseException:
         shutil.rmtree(image_dir, ignore_errors=True)
         raise
+
+
+class DemoImagesError(RuntimeError):
+    """The demo's images cannot be written; nothing was stored."""
+
+
+def _cannot_write(folder: Path, exc: OSError) -> str:
+    return (
+        f"Cannot write the demo images to {folder}: {exc.strerror or exc}. "
+        "Free some disk space, or set OMR_DATA_DIR to a writable folder."
+    )
 
 
 class _SheetRenderer:
@@ -264,6 +281,14 @@ def _new_image_dir(parent: Path, name: str) -> Path:
     raise AssertionError("unreachable")
 
 
+# Maximum length, in UTF-8 bytes, of the folder name a batch name gives.
+# File systems allow 255, and a number may still be appended.
+_MAX_FOLDER_BYTES = 100
+
+
 def _folder_name(batch_name: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in batch_name)
-    return safe.strip("-") or "batch"
+    safe = safe.strip("-")
+    while len(safe.encode()) > _MAX_FOLDER_BYTES:
+        safe = safe[:-1]
+    return safe or "batch"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from decimal import Decimal
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from omr_desktop.db.batch_store import BatchExistsError
 from omr_desktop.pipeline import demo
 from omr_desktop.pipeline.batch_load import SheetJob
-from omr_desktop.pipeline.demo import seed_demo
+from omr_desktop.pipeline.demo import DemoImagesError, seed_demo
 from omr_desktop.pipeline.importer import ImportInputError, import_batch
 
 pytestmark = pytest.mark.db
@@ -110,6 +111,50 @@ def test_demo_rejects_existing_batch_name(
     # The first batch keeps its images, and the second leaves no folder.
     assert all(path.is_file() for path in images)
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["Demo"]
+
+
+def test_demo_name_of_existing_key_is_named(
+    db: psycopg.Connection, tmp_path: Path
+) -> None:
+    # What a demo of the same name, started at the same time, leaves first.
+    db.execute(
+        "INSERT INTO answer_keys (name, points_correct, points_wrong, points_blank)"
+        " VALUES ('Race key', 1, 0, 0)"
+    )
+    db.commit()
+
+    with pytest.raises(BatchExistsError, match="answer key named 'Race key' exists"):
+        seed_demo(db, tmp_path, sheets=1, batch_name="Race", workers=1)
+
+    assert count(db, "SELECT count(*) FROM batches") == 0
+    assert list((tmp_path / "demo").iterdir()) == []
+
+
+def test_demo_long_name_gets_short_folder(
+    db: psycopg.Connection, tmp_path: Path
+) -> None:
+    name = "Ł" * 300
+
+    seed_demo(db, tmp_path, sheets=1, batch_name=name, workers=1)
+
+    (folder,) = {p.parent for p in image_paths(db, name)}
+    assert len(folder.name.encode()) <= 100
+    assert folder.name == "Ł" * 50
+
+
+def test_demo_write_failure_is_named(
+    db: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(self: demo._SheetRenderer, job: SheetJob) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(demo._SheetRenderer, "__call__", disk_full)
+
+    with pytest.raises(DemoImagesError, match="No space left on device. Free some"):
+        seed_demo(db, tmp_path, sheets=2, workers=1)
+
+    assert count(db, "SELECT count(*) FROM batches") == 0
+    assert list((tmp_path / "demo").iterdir()) == []
 
 
 def test_demo_names_sharing_folder_keep_images(
