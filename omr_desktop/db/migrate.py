@@ -262,8 +262,8 @@ def check_not_newer(conn: psycopg.Connection) -> None:
         raise SchemaTooNewError(
             f"The database is at schema version {version}, newer than this "
             f"OMR Desktop knows ({known}): a newer OMR Desktop migrated it "
-            "while this one was running. Nothing was written; install the "
-            "newer version here too, then try again."
+            "while this one was running. No sheet, answer or score was "
+            "changed. Install the newer version here too, then try again."
         )
 
 

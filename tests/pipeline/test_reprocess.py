@@ -1134,7 +1134,7 @@ def test_schema_migrated_by_newer_version_fails_task(
     events = event_log.of(task_id)
     reason = assert_failed_and_unchanged(database, db, events, task_id, before)
     assert reason.startswith(f"The database is at schema version {newer}, newer")
-    assert "install the newer version here too" in reason
+    assert "Install the newer version here too" in reason
     assert [e.stage for e in events] == [ev.LOADING_SHEETS, ev.FAILED]
 
 
