@@ -22,6 +22,7 @@ from psycopg.pq import TransactionStatus
 
 from omr_desktop.db import task_store
 from omr_desktop.db.database import Database
+from omr_desktop.db.migrate import check_not_newer
 from omr_desktop.db.profiles import list_profiles
 from omr_desktop.db.task_store import StoredEvent, TaskRow
 from omr_desktop.server.keys import DB_EXECUTOR
@@ -135,9 +136,14 @@ def read_profiles(connections: ConnectionCache) -> list[dict[str, Any]]:
 
 
 def check_database(connections: ConnectionCache) -> None:
-    """Run a trivial query; raise what connecting or querying raises."""
+    """Check that the database responds and that no newer version migrated it.
+
+    Raises:
+        SchemaTooNewError: a newer OMR Desktop migrated the database.
+        psycopg.Error: connecting or querying failed.
+    """
     with connections.connection() as conn:
-        conn.execute("SELECT 1").fetchone()
+        check_not_newer(conn)
 
 
 CONNECTIONS = web.AppKey("connections", ConnectionCache)

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from omr_desktop import __version__
 from omr_desktop.db import task_store
+from omr_desktop.db.migrate import SchemaTooNewError
 from omr_desktop.pipeline.reprocess import ReprocessRequest
 from omr_desktop.pipeline.task_manager import (
     TaskConflictError,
@@ -96,11 +97,21 @@ async def profiles(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Respond 200 when the database responds, 503 when it does not."""
+    """Respond 200 when the database responds, 503 when it does not.
+
+    Also 503 when a newer OMR Desktop migrated the database, because every
+    reprocess would then fail.
+    """
     manager = request.app[MANAGER]
     try:
         await db_calls.run_blocking(
             request.app, db_calls.check_database, request.app[db_calls.CONNECTIONS]
+        )
+    except SchemaTooNewError as exc:
+        return json_error(
+            503,
+            str(exc),
+            extra={"database": "schema newer", "version": __version__},
         )
     except Exception:  # noqa: BLE001 - any failure means "unreachable"
         return json_error(

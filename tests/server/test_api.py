@@ -33,6 +33,7 @@ from omr_desktop.server.app import (
     start_server,
 )
 from omr_desktop.server.sse import format_event
+from tests.db.builders import mark_migrated_by_newer_version
 from tests.server.conftest import (
     TIMEOUT_S,
     WORKERS,
@@ -832,6 +833,20 @@ async def test_health_is_503_without_database(
     assert response.status == 503
     assert payload["status"] == "error"
     assert payload["database"] == "unreachable"
+
+
+async def test_health_is_503_on_newer_schema(
+    make_app: AppFactory, db_conninfo: str
+) -> None:
+    with psycopg.connect(db_conninfo, autocommit=True) as conn:
+        newer = mark_migrated_by_newer_version(conn)
+    async with serving(make_app()) as client:
+        response = await client.get("/health")
+        payload = await response.json()
+
+    assert response.status == 503
+    assert payload["database"] == "schema newer"
+    assert f"schema version {newer}, newer than" in payload["message"]
 
 
 async def test_database_work_runs_off_the_loop_thread(
