@@ -167,6 +167,7 @@ def migrate(conn: psycopg.Connection, folder: Path | None = None) -> list[Migrat
     with conn.transaction():
         _wait_for_migration_lock(conn)
         conn.execute(_CREATE_TABLE)
+    _warn_while_table_locked(conn)
     for migration in migrations:
         if _apply_one(conn, migration, migrations):
             applied_now.append(migration)
@@ -188,6 +189,34 @@ def _wait_for_migration_lock(conn: psycopg.Connection) -> None:
         holder.seconds if holder else 0.0,
     )
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+
+
+def _warn_while_table_locked(conn: psycopg.Connection) -> None:
+    """Log a warning when another session holds schema_migrations locked.
+
+    An operator's LOCK TABLE, for example, makes every migration wait
+    without holding the migration lock, so `_wait_for_migration_lock`
+    cannot name it.
+    """
+    try:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = {_LOCKED_TABLE_WAIT_MS}")
+            conn.execute("LOCK TABLE schema_migrations IN ACCESS SHARE MODE")
+    except psycopg.errors.LockNotAvailable:
+        row = conn.execute(
+            "SELECT array_agg(pid) FROM pg_locks WHERE relation ="
+            " 'schema_migrations'::regclass AND granted AND pid <> pg_backend_pid()"
+        ).fetchone()
+        holders = ", ".join(str(pid) for pid in (row[0] if row and row[0] else []))
+        logger.warning(
+            "Another session (server process %s) holds the schema_migrations "
+            "table locked; waiting for it to finish.",
+            holders or "unknown",
+        )
+
+
+# How long migrate waits for schema_migrations before it says why it waits.
+_LOCKED_TABLE_WAIT_MS = 2000
 
 
 def _apply_one(

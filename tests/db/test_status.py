@@ -143,3 +143,28 @@ def test_status_names_locked_schema_table(
     assert "Schema version: unknown (this OMR Desktop:" in text
     assert "holds the schema_migrations table locked" in text
     assert status.row_counts["profiles"] is not None
+
+
+def test_migrate_names_session_locking_table(
+    db_conninfo: str, other: psycopg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    other.execute("LOCK TABLE schema_migrations IN ACCESS EXCLUSIVE MODE")
+    applied: list[object] = []
+
+    def run() -> None:
+        with psycopg.connect(db_conninfo, autocommit=True) as conn:
+            applied.append(migrate(conn))
+
+    with caplog.at_level("WARNING", logger="omr_desktop.db.migrate"):
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + TIMEOUT_S
+        while "schema_migrations table locked" not in caplog.text:
+            assert time.monotonic() < deadline, "migrate gave no warning"
+            time.sleep(0.05)
+        assert thread.is_alive(), "migrate did not wait for the table"
+        other.rollback()
+        thread.join(TIMEOUT_S)
+
+    assert applied == [[]]
+    assert f"server process {other.info.backend_pid}" in caplog.text
