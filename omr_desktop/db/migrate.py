@@ -215,7 +215,7 @@ def _warn_while_table_locked(conn: psycopg.Connection) -> None:
         )
 
 
-# How long migrate waits for schema_migrations before it says why it waits.
+# How long migrate waits for schema_migrations before it logs why it waits.
 _LOCKED_TABLE_WAIT_MS = 2000
 
 
