@@ -96,12 +96,23 @@ def create_answer_key(
     accepted: Mapping[str, Sequence[str]],
     points: tuple[Decimal, Decimal, Decimal],
 ) -> int:
-    """Store an answer key: question to accepted answers, with one marking scheme."""
-    row = conn.execute(
-        "INSERT INTO answer_keys (name, points_correct, points_wrong, points_blank)"
-        " VALUES (%s, %s, %s, %s) RETURNING id",
-        (name, *points),
-    ).fetchone()
+    """Store an answer key: question to accepted answers, with one marking scheme.
+
+    Raises:
+        BatchExistsError: a key of this name exists, as when a batch of the
+            same name was created at the same time.
+    """
+    try:
+        row = conn.execute(
+            "INSERT INTO answer_keys (name, points_correct, points_wrong, points_blank)"
+            " VALUES (%s, %s, %s, %s) RETURNING id",
+            (name, *points),
+        ).fetchone()
+    except psycopg.errors.UniqueViolation as exc:
+        raise BatchExistsError(
+            f"An answer key named {name!r} exists already, perhaps from a batch "
+            "created at the same time. Choose another name with --batch."
+        ) from exc
     assert row is not None
     key_id = int(row[0])
     with conn.cursor().copy(
@@ -121,11 +132,16 @@ def create_batch(
         BatchExistsError: the name is taken.
     """
     check_batch_name_free(conn, name)
-    row = conn.execute(
-        "INSERT INTO batches (name, template_id, answer_key_id, status)"
-        " VALUES (%s, %s, %s, 'importing') RETURNING id",
-        (name, template_id, answer_key_id),
-    ).fetchone()
+    try:
+        row = conn.execute(
+            "INSERT INTO batches (name, template_id, answer_key_id, status)"
+            " VALUES (%s, %s, %s, 'importing') RETURNING id",
+            (name, template_id, answer_key_id),
+        ).fetchone()
+    except psycopg.errors.UniqueViolation as exc:
+        # Another process created the batch since the check; this INSERT
+        # waited for that commit.
+        raise _batch_exists(name) from exc
     assert row is not None
     return int(row[0])
 
@@ -134,9 +150,13 @@ def check_batch_name_free(conn: psycopg.Connection, name: str) -> None:
     """Raise BatchExistsError when a batch is called ``name``."""
     exists = conn.execute("SELECT 1 FROM batches WHERE name = %s", (name,)).fetchone()
     if exists:
-        raise BatchExistsError(
-            f"A batch named {name!r} exists already. Choose another name with --batch."
-        )
+        raise _batch_exists(name)
+
+
+def _batch_exists(name: str) -> BatchExistsError:
+    return BatchExistsError(
+        f"A batch named {name!r} exists already. Choose another name with --batch."
+    )
 
 
 def finish_batch(conn: psycopg.Connection, batch_id: int) -> None:

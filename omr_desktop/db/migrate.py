@@ -209,8 +209,8 @@ def _warn_while_table_locked(conn: psycopg.Connection) -> None:
         ).fetchone()
         holders = ", ".join(str(pid) for pid in (row[0] if row and row[0] else []))
         logger.warning(
-            "Another session (server process %s) holds the schema_migrations "
-            "table locked; waiting for it to finish.",
+            "Another session (server process %s) has locked the "
+            "schema_migrations table; waiting for it to finish.",
             holders or "unknown",
         )
 

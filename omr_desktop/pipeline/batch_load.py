@@ -146,26 +146,11 @@ def _create_batch_rows(conn: psycopg.Connection, batch: NewBatch) -> int:
         conn, batch.template_name, batch.template.to_dict()
     )
     key_id = None
-    key_name = f"{batch.name} key"
-    try:
-        if batch.key is not None:
-            key_id = batch_store.create_answer_key(
-                conn, key_name, batch.key, batch.points
-            )
-        return batch_store.create_batch(conn, batch.name, template_id, key_id)
-    except psycopg.errors.UniqueViolation as exc:
-        # Another process created a batch of this name since the check: its
-        # INSERT of the same key or batch name waited for that commit.
-        if exc.diag.constraint_name == "answer_keys_name_key":
-            raise batch_store.BatchExistsError(
-                f"An answer key named {key_name!r} exists already, perhaps "
-                f"from a batch named {batch.name!r} created at the same time. "
-                "Choose another name with --batch."
-            ) from exc
-        raise batch_store.BatchExistsError(
-            f"A batch named {batch.name!r} exists already. Choose another name "
-            "with --batch."
-        ) from exc
+    if batch.key is not None:
+        key_id = batch_store.create_answer_key(
+            conn, f"{batch.name} key", batch.key, batch.points
+        )
+    return batch_store.create_batch(conn, batch.name, template_id, key_id)
 
 
 def _read_in_order(

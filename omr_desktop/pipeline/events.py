@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from omr_desktop.plural import noun
+
 LOADING_SHEETS = "Loading Sheets"
 PROCESSING_SHEETS = "Processing Sheets"
 COLLECTING_RESULTS = "Collecting Results"
@@ -60,24 +62,20 @@ ERROR = "error"
 def processing_message(processed: int, total: int) -> str:
     """Return the Processing Sheets message in the contract's words.
 
-    "Processing: 324/7109 sheets completed"; the noun follows the total,
-    so one sheet reads "Processing: 1/1 sheet completed".
+    For example "Processing: 324/7109 sheets completed". The noun follows
+    the total, so one sheet reads "Processing: 1/1 sheet completed".
     """
-    return f"Processing: {processed}/{total} {_sheets(total)} completed"
+    return f"Processing: {processed}/{total} {noun(total, 'sheet')} completed"
 
 
 def processing_done_message(total: int, failed: int) -> str:
     """Return the message that ends Processing Sheets.
 
-    "All 7109 sheets completed (2 failed)"; with one sheet, "1/1 sheet
-    completed (0 failed)".
+    For example "All 7109 sheets completed (2 failed)", and with one sheet
+    "1/1 sheet completed (0 failed)".
     """
     done = f"All {total}" if total != 1 else "1/1"
-    return f"{done} {_sheets(total)} completed ({failed} failed)"
-
-
-def _sheets(count: int) -> str:
-    return "sheet" if count == 1 else "sheets"
+    return f"{done} {noun(total, 'sheet')} completed ({failed} failed)"
 
 
 def overall_percentage(stage: str, stage_percentage: float) -> float:

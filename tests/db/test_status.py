@@ -38,7 +38,7 @@ def database(db_conninfo: str) -> Iterator[Database]:
 
 @pytest.fixture
 def other(db_conninfo: str) -> Iterator[psycopg.Connection]:
-    """Another session, as a migrating process or an operator has."""
+    """A second session, standing in for a migrating process or an operator."""
     with psycopg.connect(db_conninfo) as conn:
         yield conn
         conn.rollback()
@@ -88,19 +88,26 @@ def test_status_names_locked_table(
     assert "up to date" in text
 
 
+def start_migrate(conninfo: str) -> tuple[threading.Thread, list[object]]:
+    """Start migrate on a connection of its own, returning its thread and result."""
+    applied: list[object] = []
+
+    def run() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            applied.append(migrate(conn))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, applied
+
+
 def test_second_migrate_waits_and_warns(
     db_conninfo: str, other: psycopg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     other.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
-    applied: list[object] = []
-
-    def run() -> None:
-        with psycopg.connect(db_conninfo, autocommit=True) as conn:
-            applied.append(migrate(conn))
 
     with caplog.at_level("WARNING", logger="omr_desktop.db.migrate"):
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
+        thread, applied = start_migrate(db_conninfo)
         thread.join(1.0)
         assert thread.is_alive(), "migrate did not wait for the lock"
         other.rollback()
@@ -149,17 +156,11 @@ def test_migrate_names_session_locking_table(
     db_conninfo: str, other: psycopg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     other.execute("LOCK TABLE schema_migrations IN ACCESS EXCLUSIVE MODE")
-    applied: list[object] = []
-
-    def run() -> None:
-        with psycopg.connect(db_conninfo, autocommit=True) as conn:
-            applied.append(migrate(conn))
 
     with caplog.at_level("WARNING", logger="omr_desktop.db.migrate"):
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
+        thread, applied = start_migrate(db_conninfo)
         deadline = time.monotonic() + TIMEOUT_S
-        while "schema_migrations table locked" not in caplog.text:
+        while "has locked the schema_migrations table" not in caplog.text:
             assert time.monotonic() < deadline, "migrate gave no warning"
             time.sleep(0.05)
         assert thread.is_alive(), "migrate did not wait for the table"
