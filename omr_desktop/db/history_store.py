@@ -167,6 +167,7 @@ def prune_history(conn: psycopg.Connection, keep: int) -> tuple[int, int]:
     if keep < 0:
         raise ValueError(f"--keep must be 0 or more, not {keep}.")
     with conn.transaction():
+        check_not_newer(conn)
         rows = conn.execute(
             "SELECT task_id FROM reprocess_tasks"
             " WHERE status IN ('SUCCESS', 'FAILURE') AND NOT history_pruned"

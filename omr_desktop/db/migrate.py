@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from omr_desktop.resources import migrations_dir
 
@@ -26,6 +27,14 @@ _FILE_PATTERN = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any constant works; it only has to be the same in every process that
 # migrates, so that two app instances starting at once take turns.
 _MIGRATION_LOCK_KEY = 0x4F4D5231  # "OMR1"
+
+# Writers hold this key shared until they commit, and a migration takes it
+# exclusively before its first statement. So a migration waits for the
+# writes in progress, and a write that starts during a migration waits for
+# it and then finds the new version (`check_not_newer`). A key of its own,
+# so that a write does not make `db status` report a migration or make a
+# second app instance wait at start-up when nothing is left to apply.
+_WRITE_LOCK_KEY = 0x4F4D5257  # "OMRW"
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -215,6 +224,32 @@ def _warn_while_table_locked(conn: psycopg.Connection) -> None:
         )
 
 
+def _wait_for_writes(conn: psycopg.Connection, migration: Migration) -> None:
+    """Take the write lock exclusively, logging which writes it waits for."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_xact_lock(%s)", (_WRITE_LOCK_KEY,)
+    ).fetchone()
+    if row and row[0]:
+        return
+    holders = conn.execute(
+        "SELECT array_agg(pid ORDER BY pid) FROM pg_locks WHERE locktype ="
+        " 'advisory' AND granted AND classid = 0 AND objid = %s AND objsubid = 1"
+        " AND database = (SELECT oid FROM pg_database"
+        " WHERE datname = current_database())",
+        (_WRITE_LOCK_KEY,),
+    ).fetchone()
+    pids = holders[0] if holders and holders[0] else []
+    logger.warning(
+        "Migration %04d_%s waits for %s in progress (server process %s) to "
+        "finish, such as a reprocess or an import.",
+        migration.version,
+        migration.name,
+        "a write" if len(pids) <= 1 else f"{len(pids)} writes",
+        ", ".join(str(pid) for pid in pids) or "unknown",
+    )
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK_KEY,))
+
+
 # How long migrate waits for schema_migrations before it logs why it waits.
 _LOCKED_TABLE_WAIT_MS = 2000
 
@@ -230,6 +265,7 @@ def _apply_one(
         _check_known(applied, known)
         if migration.version in applied:
             return False
+        _wait_for_writes(conn, migration)
         logger.info("Applying migration %04d_%s", migration.version, migration.name)
 
         # Log the NOTICEs a migration raises, such as how many rows it archived.
@@ -274,17 +310,27 @@ def _check_known(applied: dict[int, str], known: list[Migration]) -> None:
             )
 
 
-def check_not_newer(conn: psycopg.Connection) -> None:
+def check_not_newer(conn: psycopg.Connection, *, hold: bool = True) -> None:
     """Raise if a newer OMR Desktop migrated the database since this one started.
 
-    Writers call this first: the newer migration may have changed the
-    tables they write, and their statements would fail with messages that
-    do not say why.
+    Writers call this first in their transaction: the newer migration may
+    have changed the tables they write, and their statements would fail
+    with messages that do not say why. With ``hold``, the check also keeps
+    migrations out until the transaction ends: it takes the write lock
+    shared, so a migration started later waits for this write to commit or
+    roll back, and this check waits for a migration already running.
 
     Raises:
         SchemaTooNewError: the database's schema version is newer than this
             code's.
     """
+    if hold:
+        if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+            raise MigrationError(
+                "check_not_newer(hold=True) was called outside a transaction: "
+                "call it inside the transaction of the write."
+            )
+        conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_WRITE_LOCK_KEY,))
     version = schema_version(conn)
     known = _known_version()
     if version > known:

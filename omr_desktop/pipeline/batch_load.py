@@ -23,6 +23,7 @@ import psycopg
 
 from omr_desktop.db import batch_store
 from omr_desktop.db.batch_store import AnswerRecord, SheetRecord
+from omr_desktop.db.migrate import check_not_newer
 from omr_desktop.engine import SheetImageError, SheetReading, Template, read_sheet
 from omr_desktop.engine.profile import ProfileSettings
 
@@ -111,6 +112,7 @@ def load_batch(
         lambda job: read_sheet(job.image_path, batch.template, batch.settings)
     )
     with conn.transaction():
+        check_not_newer(conn)
         batch_id = _create_batch_rows(conn, batch)
         writer = _ChunkWriter(conn, batch_id)
         outcomes = _read_in_order(jobs, read, executor, workers)

@@ -143,7 +143,7 @@ def check_database(connections: ConnectionCache) -> None:
         psycopg.Error: connecting or querying failed.
     """
     with connections.connection() as conn:
-        check_not_newer(conn)
+        check_not_newer(conn, hold=False)
 
 
 CONNECTIONS = web.AppKey("connections", ConnectionCache)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from omr_desktop.db.migrate import latest_version
+from omr_desktop.db.migrate import available_migrations, latest_version
 
 
 @dataclass(frozen=True)
@@ -155,3 +157,19 @@ def mark_migrated_by_newer_version(conn: psycopg.Connection) -> int:
         (newer,),
     )
     return newer
+
+
+def migrations_with_a_newer_one(folder: Path) -> Path:
+    """Fill ``folder`` with this version's migrations and one from a newer one.
+
+    The newer one rewrites omr_answers, as a real schema change would, so it
+    needs the table lock that a running write holds. Returns ``folder``.
+    """
+    folder.mkdir()
+    for migration in available_migrations():
+        shutil.copy(migration.path, folder / migration.path.name)
+    newer = latest_version() + 1
+    (folder / f"{newer:04d}_from_a_newer_version.sql").write_text(
+        "ALTER TABLE omr_answers ADD COLUMN added_later text;"
+    )
+    return folder

@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 
 from omr_desktop.db import reprocess_store, task_store
 from omr_desktop.db.database import Database
+from omr_desktop.db.migrate import Migration, latest_version, migrate
 from omr_desktop.engine import SheetReading, read_sheet
 from omr_desktop.engine.decide import Answer
 from omr_desktop.pipeline import events as ev
@@ -59,6 +60,7 @@ from tests.db.builders import (
     add_sheet,
     add_template,
     mark_migrated_by_newer_version,
+    migrations_with_a_newer_one,
 )
 from tests.pipeline.conftest import WORKERS, EventLog, snapshot_tables
 
@@ -1136,6 +1138,43 @@ def test_schema_migrated_by_newer_version_fails_task(
     assert reason.startswith(f"The database is at schema version {newer}, newer")
     assert "Install the newer version here too" in reason
     assert [e.stage for e in events] == [ev.LOADING_SHEETS, ev.FAILED]
+
+
+def test_newer_version_migrates_only_after_running_task(
+    manager: TaskManager,
+    database: Database,
+    db_conninfo: str,
+    demo_sheet_ids: list[int],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    folder = migrations_with_a_newer_one(tmp_path / "migrations")
+    gate = Gate()
+    task: list[str] = []
+    block_on_first_processing_event(manager, lambda: task[0] if task else None, gate)
+    applied: list[list[Migration]] = []
+
+    def newer_version_starts() -> None:
+        with psycopg.connect(db_conninfo, autocommit=True) as conn:
+            applied.append(migrate(conn, folder))
+
+    migrating = threading.Thread(target=newer_version_starts, daemon=True)
+    task.append(manager.submit(ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE)))
+    with caplog.at_level("WARNING", logger="omr_desktop.db.migrate"):
+        try:
+            gate.wait_reached()
+            migrating.start()
+            deadline = time.monotonic() + GATE_TIMEOUT_S
+            while "waits for a write in progress" not in caplog.text:
+                assert time.monotonic() < deadline, "the migration did not wait"
+                time.sleep(0.05)
+        finally:
+            gate.released.set()
+        assert manager.wait(task[0], TASK_TIMEOUT_S)
+        migrating.join(GATE_TIMEOUT_S)
+
+    assert task_row(database, task[0]).status == task_store.SUCCESS
+    assert [[m.version for m in run] for run in applied] == [[latest_version() + 1]]
 
 
 # -- Failed sheets ----------------------------------------------------------------
