@@ -43,11 +43,12 @@ COPY (SELECT sheet_id, question, position, confidence_score,
              reason, needs_review
       FROM omr_answers ORDER BY sheet_id, position) TO STDOUT (FORMAT binary)
 """
-# The sheets' own rows, with the fills they have: a reprocess under a
-# profile that measures as the last one did finds every sheet's fills
-# unchanged.
+# The sheets' own rows: a reprocess under a profile that measures as the
+# last one did finds every sheet's fills unchanged, so a detection thread
+# sends their digest and no fills.
 _STAGED_SHEETS = """
-COPY (SELECT id, 'bench'::text, '{}'::jsonb, fills FROM sheets ORDER BY id)
+COPY (SELECT id, 'bench'::text, '{}'::jsonb, NULL::real[], fills_digest
+      FROM sheets ORDER BY id)
 TO STDOUT (FORMAT binary)
 """
 # Every bubble's fill of a demo sheet: 150 questions x 5 and a 10-digit roll.

@@ -63,6 +63,7 @@ class SheetRow:
     template_id: int
     measurement_hash: str | None
     fills: list[float] | None
+    fills_digest: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,11 @@ def _select_sheets(
     rows = conn.execute(
         "SELECT s.id, s.image_path, b.template_id, s.measurement_hash, "
         + fills
-        + " FROM sheets s JOIN batches b ON b.id = s.batch_id"
+        + ", s.fills_digest FROM sheets s JOIN batches b ON b.id = s.batch_id"
         " WHERE s.id = ANY(%s) ORDER BY s.id" + lock,
         (sheet_ids,),
     ).fetchall()
-    return [SheetRow(int(r[0]), str(r[1]), int(r[2]), r[3], r[4]) for r in rows]
+    return [SheetRow(int(r[0]), str(r[1]), int(r[2]), r[3], r[4], r[5]) for r in rows]
 
 
 def lock_sheet_ids(
@@ -178,7 +179,8 @@ def create_staging(conn: psycopg.Connection) -> Staging:
     conn.execute(
         "CREATE TEMP TABLE reprocess_sheets ("
         " sheet_id bigint PRIMARY KEY, measurement_hash text NOT NULL,"
-        " identifiers jsonb NOT NULL, fills real[] NOT NULL) ON COMMIT DROP"
+        " identifiers jsonb NOT NULL, fills real[], fills_digest bytea NOT NULL)"
+        " ON COMMIT DROP"
     )
     # A sheet's fills (850 floats, 3.4 kB on a demo sheet) make its row
     # large enough for PostgreSQL to compress them. Compressing took three
@@ -253,7 +255,8 @@ def copy_chunk(
     ) as copy:
         copy.write(answers)
     with conn.cursor().copy(
-        "COPY reprocess_sheets (sheet_id, measurement_hash, identifiers, fills)"
+        "COPY reprocess_sheets"
+        " (sheet_id, measurement_hash, identifiers, fills, fills_digest)"
         " FROM STDIN (FORMAT binary)"
     ) as copy:
         copy.write(sheets)
@@ -768,7 +771,8 @@ def _history_written(conn: psycopg.Connection) -> int:
 
 
 def _record_sheet_history(conn: psycopg.Connection, task_id: str) -> None:
-    # Fills the task leaves as they were are not copied (fills_kept).
+    # Fills the task leaves as they were are not copied (fills_kept). Staged
+    # fills are NULL when their digest matched the stored one.
     conn.execute(
         "INSERT INTO sheet_history (task_id, sheet_id, status, error,"
         " last_profile_id, processed_at, measurement_hash, identifiers, score,"
@@ -777,23 +781,31 @@ def _record_sheet_history(conn: psycopg.Connection, task_id: str) -> None:
         "  s.measurement_hash, s.identifiers, s.score,"
         "  CASE WHEN k.kept THEN NULL ELSE s.fills END, k.kept"
         " FROM sheets s JOIN reprocess_sheets r ON r.sheet_id = s.id"
-        " CROSS JOIN LATERAL (SELECT s.fills IS NOT DISTINCT FROM r.fills AS kept) k",
+        " CROSS JOIN LATERAL (SELECT CASE WHEN r.fills IS NULL THEN true"
+        "  ELSE s.fills IS NOT DISTINCT FROM r.fills END AS kept) k",
         (task_id,),
     )
+
+
+_UPDATE_SHEETS = (
+    "UPDATE sheets s SET status = 'processed', error = NULL,"
+    " last_profile_id = t.profile_id, processed_at = now(),"
+    " measurement_hash = r.measurement_hash, identifiers = r.identifiers{fills}"
+    " FROM reprocess_sheets r, reprocess_tasks t"
+    " WHERE s.id = r.sheet_id AND t.task_id = %s AND r.fills IS {null}"
+)
 
 
 def _update_sheets(conn: psycopg.Connection, task_id: str) -> None:
-    conn.execute(
-        "UPDATE sheets s SET status = 'processed', error = NULL,"
-        " last_profile_id = t.profile_id, processed_at = now(),"
-        " measurement_hash = r.measurement_hash, identifiers = r.identifiers,"
+    # Sheets whose fills matched their digest: the fills stay out of the SET
+    # list, so the digest trigger does not run for them.
+    conn.execute(_UPDATE_SHEETS.format(fills="", null="NULL"), (task_id,))
+    fills = (
         # The old value, when equal, keeps its stored copy: no rewrite.
-        " fills = CASE WHEN s.fills IS NOT DISTINCT FROM r.fills"
-        "  THEN s.fills ELSE r.fills END"
-        " FROM reprocess_sheets r, reprocess_tasks t"
-        " WHERE s.id = r.sheet_id AND t.task_id = %s",
-        (task_id,),
+        ", fills = CASE WHEN s.fills IS NOT DISTINCT FROM r.fills"
+        "  THEN s.fills ELSE r.fills END, fills_digest = r.fills_digest"
     )
+    conn.execute(_UPDATE_SHEETS.format(fills=fills, null="NOT NULL"), (task_id,))
 
 
 def staged_sheet_ids(conn: psycopg.Connection) -> list[int]:

@@ -21,9 +21,8 @@ import dataclasses
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError, Executor, Future
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Executor, Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,7 +187,7 @@ class _Run:
             "sheets_total": self.total,
             "sheets_processed": self.processed - len(self.failed),
             "sheets_failed": len(self.failed),
-            "failed_sheets": self.failed,
+            "failed_sheets": sorted(self.failed, key=lambda f: f["sheet_id"]),
             "answers_written": self.answers_written,
             "answers_changed": counts.answers_changed if counts else 0,
             "answers_updated": counts.answers_updated if counts else 0,
@@ -225,7 +224,7 @@ Outcome = EncodedSheet | str
 
 
 class DetectionSource(Protocol):
-    """Where the writer gets each sheet's detection from, in job order."""
+    """The source of each sheet's detection for the writer, in any order."""
 
     @property
     def detected_elsewhere(self) -> bool:
@@ -272,7 +271,7 @@ class LocalDetection:
         check_cancelled: Callable[[], None],
     ) -> Iterator[tuple[SheetJob, Outcome]]:
         work = _redecide_group if redecide else _detect_group
-        return _in_order(
+        return _as_completed(
             jobs, work, settings, self.executor, self.workers, check_cancelled
         )
 
@@ -307,7 +306,7 @@ class PrecomputedDetections:
             if isinstance(reading, str):
                 yield job, reading
             else:
-                yield job, _encode(job.sheet.id, reading)
+                yield job, _encode(job.sheet, reading)
 
 
 def run_reprocess(
@@ -608,7 +607,7 @@ def _load_page(job: SheetJob) -> npt.NDArray[np.uint8] | str:
 def _encode_or_fail(job: SheetJob, read: Callable[[], SheetReading]) -> Outcome:
     """Return the COPY rows of the reading ``read`` makes, or why it failed."""
     try:
-        return _encode(job.sheet.id, read())
+        return _encode(job.sheet, read())
     except _SHEET_ERRORS as exc:
         return _sheet_failure(job, exc)
 
@@ -617,16 +616,16 @@ def _with_hash(reading: SheetReading, value: str) -> SheetReading:
     return dataclasses.replace(reading, measurement_hash=value)
 
 
-def _encode(sheet_id: int, reading: SheetReading) -> EncodedSheet:
+def _encode(sheet: SheetRow, reading: SheetReading) -> EncodedSheet:
     return EncodedSheet(
-        sheet_id,
-        encode_answer_columns(sheet_id, reading.columns),
-        encode_sheet(sheet_id, reading),
+        sheet.id,
+        encode_answer_columns(sheet.id, reading.columns),
+        encode_sheet(sheet.id, reading, sheet.fills_digest),
         len(reading.columns),
     )
 
 
-def _in_order(
+def _as_completed(
     jobs: list[SheetJob],
     work: Callable[[Sequence[SheetJob], ProfileSettings], list[Outcome]],
     settings: ProfileSettings,
@@ -637,29 +636,35 @@ def _in_order(
     """Yield each job with its encoded rows or its error, checking for cancel.
 
     ``work`` runs on the executor for groups of jobs (`SHEETS_PER_GROUP`,
-    fewer when the selection would leave a worker idle).
+    fewer when the selection would leave a worker idle). Groups come back
+    as they finish, so a slow sheet (a file on a slow share, say) holds up
+    neither the other workers nor the progress. The staging table needs no
+    order: the UPDATE joins on the sheet and the question.
     """
     workers = max(1, workers)
     size = max(1, min(SHEETS_PER_GROUP, len(jobs) // (2 * workers)))
     groups = (jobs[i : i + size] for i in range(0, len(jobs), size))
-    window: deque[tuple[list[SheetJob], Future[list[Outcome]]]] = deque()
+    in_flight: dict[Future[list[Outcome]], list[SheetJob]] = {}
     limit = max(1, workers * IN_FLIGHT_PER_WORKER // size)
     try:
         while True:
             check_cancelled()
-            while len(window) < limit:
+            while len(in_flight) < limit:
                 group = next(groups, None)
                 if group is None:
                     break
-                window.append((group, executor.submit(work, group, settings)))
-            if not window:
+                in_flight[executor.submit(work, group, settings)] = group
+            if not in_flight:
                 return
-            group, future = window.popleft()
-            for job, outcome in zip(group, _outcomes(group, future), strict=True):
-                check_cancelled()
-                yield job, outcome
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            # Groups that finished together go in sheet order.
+            for future in sorted(done, key=lambda f: in_flight[f][0].sheet.id):
+                group = in_flight.pop(future)
+                for job, outcome in zip(group, _outcomes(group, future), strict=True):
+                    check_cancelled()
+                    yield job, outcome
     finally:
-        for _group, future in window:
+        for future in in_flight:
             future.cancel()
 
 

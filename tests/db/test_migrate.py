@@ -277,3 +277,46 @@ def test_history_rows_survive_the_move_to_one_row_per_sheet(
         assert conn.execute(answer_rows).fetchall() == answers_before
         per_sheet = conn.execute("SELECT count(*) FROM answer_history_sheets")
         assert per_sheet.fetchone() == (4,)
+
+
+def test_fills_digest_migration_and_trigger(
+    empty_db_conninfo: str, tmp_path: Path
+) -> None:
+    """Migration 0011 digests the stored fills, and its trigger keeps them true."""
+    digest_ok = (
+        "SELECT id, fills_digest IS NOT DISTINCT FROM sha256(array_send(fills))"
+        " FROM sheets ORDER BY id"
+    )
+    with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
+        migrate(conn, migrations_before(11, tmp_path))
+        conn.execute(
+            "INSERT INTO templates (id, name, layout) OVERRIDING SYSTEM VALUE"
+            " VALUES (1, 't', '{}');"
+            "INSERT INTO batches (id, name, template_id) OVERRIDING SYSTEM VALUE"
+            " VALUES (1, 'b', 1);"
+            "INSERT INTO sheets (id, batch_id, sequence_no, image_path, fills)"
+            " OVERRIDING SYSTEM VALUE"
+            " VALUES (1, 1, 1, 's1.jpg', '{0.9,0.1}'), (2, 1, 2, 's2.jpg', NULL)"
+        )
+
+        migrate(conn)
+
+        assert conn.execute(digest_ok).fetchall() == [(1, True), (2, True)]
+        digests = conn.execute("SELECT id, fills_digest FROM sheets ORDER BY id")
+        assert [d is None for _, d in digests] == [False, True]
+
+        # New rows, and fills changed without a new digest, get theirs here.
+        conn.execute(
+            "INSERT INTO sheets (id, batch_id, sequence_no, image_path, fills,"
+            " fills_digest) OVERRIDING SYSTEM VALUE"
+            " VALUES (3, 1, 3, 's3.jpg', '{0.5}', 'not a digest')"
+        )
+        conn.execute("UPDATE sheets SET fills = '{0.2,0.3}' WHERE id IN (1, 2)")
+        assert conn.execute(digest_ok).fetchall() == [(1, True), (2, True), (3, True)]
+
+        # A writer that sets both is trusted, as the reprocess does.
+        conn.execute(
+            "UPDATE sheets SET fills = '{0.7}', fills_digest = 'given' WHERE id = 1"
+        )
+        stored = conn.execute("SELECT fills_digest FROM sheets WHERE id = 1")
+        assert stored.fetchone() == (b"given",)

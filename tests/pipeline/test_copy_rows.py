@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import Any
 
@@ -168,11 +169,19 @@ def test_sheet_row_byte_for_byte() -> None:
         struct.pack(">if", 4, f) for f in (0.25, -0.0, np.float32(0.1))
     )
 
-    assert encode_sheet(5, reading) == (
-        struct.pack(">hiq", 4, 8, 5)
+    digest = hashlib.sha256(array).digest()
+    before = (
+        struct.pack(">hiq", 5, 8, 5)
         + _text("abc")
         + struct.pack(">ib", len(identifiers) + 1, 1)
         + identifiers
-        + struct.pack(">i", len(array))
-        + array
     )
+    after = struct.pack(">i", 32) + digest
+
+    assert (
+        encode_sheet(5, reading)
+        == before + struct.pack(">i", len(array)) + array + after
+    )
+    # Fills whose digest the database has already are sent as NULL.
+    assert encode_sheet(5, reading, digest) == before + struct.pack(">i", -1) + after
+    assert encode_sheet(5, reading, bytes(32)) == encode_sheet(5, reading)
