@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QDialogButtonBox,
     QLabel,
@@ -123,7 +124,7 @@ def log_view(dialog: ProgressDialog) -> ActivityLogView:
 def button_texts(dialog: ProgressDialog) -> list[str]:
     box = dialog.findChild(QDialogButtonBox, "buttonBox")
     assert box is not None
-    return [button.text() for button in box.buttons()]
+    return [button.text() for button in box.buttons() if not button.isHidden()]
 
 
 def click(dialog: ProgressDialog, kind: QDialogButtonBox.StandardButton) -> None:
@@ -358,3 +359,60 @@ def test_log_follows_until_scrolled_up(dialog: ProgressDialog, qtbot: QtBot) -> 
     qtbot.waitUntil(lambda: bar.maximum() > old_maximum)
 
     assert bar.value() == 0
+
+
+def test_task_ending_during_question_keeps_result(
+    dialog: ProgressDialog, qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def task_completes_then_yes(
+        *args: Any, **kwargs: Any
+    ) -> QMessageBox.StandardButton:
+        # The task commits while the editor reads the question.
+        dialog.add_event(completed_event(2))
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", task_completes_then_yes)
+    dialog.add_event(make_event(1))
+
+    with qtbot.assertNotEmitted(dialog.cancel_requested):
+        dialog.reject()
+
+    assert dialog.isVisible()
+    assert label_text(dialog, "stateLabel") == (
+        "✓ Complete: it finished before it could be cancelled; its changes are saved"
+    )
+    assert button_texts(dialog) == ["Close"]
+
+
+def test_task_ending_during_question_escape(
+    dialog: ProgressDialog, qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def task_completes_then_yes(
+        *args: Any, **kwargs: Any
+    ) -> QMessageBox.StandardButton:
+        dialog.add_event(completed_event(2))
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", task_completes_then_yes)
+    dialog.add_event(make_event(1))
+
+    qtbot.keyClick(dialog, Qt.Key.Key_Escape)
+
+    assert dialog.isVisible()
+    assert button_texts(dialog) == ["Close"]
+
+
+def test_completed_after_cancel_stays_open(
+    dialog: ProgressDialog, qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes
+    )
+    dialog.add_event(make_event(1))
+    dialog.reject()
+
+    # Cancel comes between sheets; a task already writing completes.
+    dialog.add_event(completed_event(2))
+
+    assert dialog.isVisible()
+    assert "its changes are saved" in label_text(dialog, "stateLabel")

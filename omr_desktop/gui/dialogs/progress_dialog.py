@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_STATE = "✓ Complete"
 FAILED_STATE = "✗ Failed"
+# Shown after the state when the editor cancelled too late.
+FINISHED_BEFORE_CANCEL = (
+    "it finished before it could be cancelled; its changes are saved"
+)
 
 _COMPLETE_STYLE = "font-weight: bold; color: #1e7b34;"
 _FAILED_STYLE = "font-weight: bold; color: #b3261e;"
@@ -223,7 +227,10 @@ class ProgressDialog(QDialog):
     def _show_completed(self, event: ProgressEvent) -> None:
         self._set_bar(100.0)
         self._stage.setText(event.stage)
-        self._state.setText(COMPLETE_STATE)
+        if self._cancel_sent:
+            self._state.setText(f"{COMPLETE_STATE}: {FINISHED_BEFORE_CANCEL}")
+        else:
+            self._state.setText(COMPLETE_STATE)
         self._state.setStyleSheet(_COMPLETE_STYLE)
         self._show_result(event.result or {}, failed=False)
         self._end(event)
@@ -258,13 +265,17 @@ class ProgressDialog(QDialog):
 
     def _end(self, event: ProgressEvent) -> None:
         self._terminal_event = event
-        self._buttons.clear()
+        # Hidden, not deleted: the task can end while a question that
+        # cancels it is open, and that code still holds the button.
+        self._cancel_button.hide()
         close = self._buttons.addButton(QDialogButtonBox.StandardButton.Close)
         close.clicked.connect(self._on_close_button_clicked)
         close.setDefault(True)
         close.setFocus()
         logger.debug("Task %s ended with %s", self._task_id, event.event)
-        if self._close_when_ended:
+        # A task that completed although the editor cancelled it stays on
+        # screen, so that the editor sees its changes were saved.
+        if self._close_when_ended and event.event != ev.COMPLETE:
             self.accept()
 
     # -- Cancelling and closing --------------------------------------------
@@ -304,9 +315,20 @@ class ProgressDialog(QDialog):
             )
             if answer != QMessageBox.StandardButton.Yes:
                 return
+            if self.is_ended():
+                # The task ended while the question was open.
+                self._note_ended_before_cancel()
+                return
             self._request_cancel()
         self._close_when_ended = True
         self._state.setText("Cancelling… the window closes when the task has stopped.")
+
+    def _note_ended_before_cancel(self) -> None:
+        event = self._terminal_event
+        if event is not None and event.event == ev.COMPLETE:
+            self._state.setText(f"{COMPLETE_STATE}: {FINISHED_BEFORE_CANCEL}")
+        else:
+            super().reject()
 
     def done(self, result: int) -> None:
         """Close with ``result``; emit ``closed_after_end`` if the task has ended."""
