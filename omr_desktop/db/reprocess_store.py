@@ -159,6 +159,40 @@ def busy_tasks(conn: psycopg.Connection, sheet_ids: list[int]) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+def locked_overlaps(
+    conn: psycopg.Connection, sheet_ids: list[int], exclude: set[str]
+) -> tuple[str, list[int]] | None:
+    """Find a running task of another process that has locked some of ``sheet_ids``.
+
+    A STARTED row alone is not enough, since a process that died on another
+    host leaves its task STARTED: the sheets must also be locked now. The
+    probe takes no lock that outlives it and waits for none.
+
+    Returns:
+        The task's id and the sheets of ``sheet_ids`` it includes, sorted;
+        None when no other task holds any of them.
+    """
+    rows = conn.execute(
+        "SELECT task_id::text, ARRAY(SELECT unnest(sheet_ids) INTERSECT"
+        " SELECT unnest(%s::bigint[]) ORDER BY 1)"
+        " FROM reprocess_tasks WHERE status = 'STARTED'"
+        " AND sheet_ids && %s::bigint[] ORDER BY created_at",
+        (sheet_ids, sheet_ids),
+    ).fetchall()
+    for task_id, overlap in rows:
+        if task_id in exclude:
+            continue
+        with conn.transaction(force_rollback=True):
+            free = conn.execute(
+                "SELECT count(*) FROM (SELECT id FROM sheets WHERE id = ANY(%s)"
+                " FOR KEY SHARE SKIP LOCKED) f",
+                (overlap,),
+            ).fetchone()
+        if free is not None and int(free[0]) < len(overlap):
+            return task_id, [int(i) for i in overlap]
+    return None
+
+
 def load_layouts(conn: psycopg.Connection, template_ids: set[int]) -> dict[int, Any]:
     """Return template id to its stored layout (the engine's to_dict form)."""
     rows = conn.execute(

@@ -161,31 +161,43 @@ def recent_tasks(conn: psycopg.Connection, limit: int = 50) -> list[TaskRow]:
     return [TaskRow(*row) for row in rows]
 
 
-def mark_interrupted(conn: psycopg.Connection) -> list[str]:
+def mark_interrupted(conn: psycopg.Connection, task_id: str | None = None) -> list[str]:
     """Fail the tasks left PENDING or STARTED by dead processes on this host.
 
     A task of a process that still runs (another app instance) is left
     alone, and so are tasks of other hosts, whose processes cannot be
-    checked from here.
+    checked from here. With ``task_id``, only that task is checked: the
+    server does so for a task it follows, so that a stream does not wait
+    forever for a command line run that was killed.
+
+    Returns:
+        The ids of the tasks marked FAILURE with the reason "interrupted".
     """
     host, _pid = runner_identity()
-    rows = conn.execute(
+    query = (
         "SELECT task_id::text, runner_pid, created_at FROM reprocess_tasks"
-        " WHERE status IN ('PENDING', 'STARTED') AND runner_host = %s",
-        (host,),
-    ).fetchall()
-    dead = [
-        task_id for task_id, pid, created in rows if not _runner_alive(pid, created)
-    ]
-    for task_id in dead:
+        " WHERE status IN ('PENDING', 'STARTED') AND runner_host = %s"
+    )
+    params: tuple[Any, ...] = (host,)
+    if task_id is not None:
+        query += " AND task_id = %s"
+        params = (host, task_id)
+    rows = conn.execute(query, params).fetchall()
+    dead = [found for found, pid, created in rows if not _runner_alive(pid, created)]
+    marked = []
+    for found in dead:
         with conn.transaction():
-            conn.execute(
+            updated = conn.execute(
                 "UPDATE reprocess_tasks SET status = 'FAILURE', error = 'interrupted',"
-                " finished_at = now() WHERE task_id = %s",
-                (task_id,),
-            )
-            _append_interrupted_event(conn, task_id)
-    return dead
+                " finished_at = now() WHERE task_id = %s"
+                " AND status IN ('PENDING', 'STARTED')",
+                (found,),
+            ).rowcount
+            # Another process may have marked it in between.
+            if updated:
+                _append_interrupted_event(conn, found)
+                marked.append(found)
+    return marked
 
 
 def _append_interrupted_event(conn: psycopg.Connection, task_id: str) -> None:

@@ -26,7 +26,11 @@ import psycopg
 from omr_desktop.db import task_store
 from omr_desktop.db.database import Database
 from omr_desktop.db.profiles import list_profiles
-from omr_desktop.db.reprocess_store import SheetsBusyError, busy_tasks
+from omr_desktop.db.reprocess_store import (
+    SheetsBusyError,
+    busy_tasks,
+    locked_overlaps,
+)
 from omr_desktop.pipeline import events as ev
 from omr_desktop.pipeline.events import ProgressEvent, ProgressSink
 from omr_desktop.pipeline.reprocess import (
@@ -339,9 +343,15 @@ class TaskManager:
             rows = conn.execute(
                 "SELECT id FROM sheets WHERE id = ANY(%s)", (list(sheet_ids),)
             ).fetchall()
-        missing = sorted(set(sheet_ids) - {int(r[0]) for r in rows})
-        if missing:
-            raise UnknownSheetsError(missing)
+            missing = sorted(set(sheet_ids) - {int(r[0]) for r in rows})
+            if missing:
+                raise UnknownSheetsError(missing)
+            # Tasks of this instance are checked under the lock, in submit.
+            with self._lock:
+                own = set(self._active)
+            elsewhere = locked_overlaps(conn, list(sheet_ids), own)
+        if elsewhere is not None:
+            raise TaskConflictError(*elsewhere)
         return replace(request, sheet_ids=sheet_ids)
 
     def _check_open(self) -> None:

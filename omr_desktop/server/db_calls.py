@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,8 @@ from omr_desktop.db.migrate import check_not_newer
 from omr_desktop.db.profiles import list_profiles
 from omr_desktop.db.task_store import StoredEvent, TaskRow
 from omr_desktop.server.keys import DB_EXECUTOR
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -102,9 +105,13 @@ class TaskSnapshot:
 def read_task(
     connections: ConnectionCache, task_id: str, after_id: int
 ) -> TaskSnapshot:
-    """Read a task's row and its events after ``after_id``."""
+    """Read a task's row and its events after ``after_id``.
+
+    A task left unfinished by a dead process of this host is marked
+    FAILURE ("interrupted") first, so that its stream ends.
+    """
     with connections.connection() as conn:
-        task = task_store.get_task(conn, task_id)
+        task = _get_task_failing_dead_runner(conn, task_id)
         if task is None:
             return TaskSnapshot(None, [], None)
         events = task_store.events_after(conn, task_id, after_id)
@@ -116,9 +123,25 @@ def read_task(
 
 
 def read_task_row(connections: ConnectionCache, task_id: str) -> TaskRow | None:
-    """Read one task's row."""
+    """Read one task's row, failing it first if its process died (`read_task`)."""
     with connections.connection() as conn:
+        return _get_task_failing_dead_runner(conn, task_id)
+
+
+def _get_task_failing_dead_runner(
+    conn: psycopg.Connection, task_id: str
+) -> TaskRow | None:
+    task = task_store.get_task(conn, task_id)
+    if task is None or task.status not in (task_store.PENDING, task_store.STARTED):
+        return task
+    if task_store.mark_interrupted(conn, task_id):
+        logger.warning(
+            "Task %s was left unfinished by a process that died; marked "
+            "FAILURE (interrupted)",
+            task_id,
+        )
         return task_store.get_task(conn, task_id)
+    return task
 
 
 def read_profiles(connections: ConnectionCache) -> list[dict[str, Any]]:

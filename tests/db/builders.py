@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +175,10 @@ def migrations_with_a_newer_one(folder: Path) -> Path:
         "ALTER TABLE omr_answers ADD COLUMN added_later text;"
     )
     return folder
+
+
+def dead_pid() -> int:
+    """Return the pid of a process that has just exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid

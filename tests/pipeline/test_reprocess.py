@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,6 +32,7 @@ from omr_desktop.engine import SheetReading, read_sheet
 from omr_desktop.engine.decide import Answer
 from omr_desktop.pipeline import events as ev
 from omr_desktop.pipeline import reprocess
+from omr_desktop.pipeline import task_manager as task_manager_module
 from omr_desktop.pipeline.copy_rows import (
     ANSWER_COLUMNS,
     SHEET_COLUMNS,
@@ -59,6 +58,7 @@ from tests.db.builders import (
     add_batch,
     add_sheet,
     add_template,
+    dead_pid,
     mark_migrated_by_newer_version,
     migrations_with_a_newer_one,
 )
@@ -1537,13 +1537,67 @@ def test_overlapping_submit_names_running_task(
     assert task_row(database, first[0]).status == task_store.SUCCESS
 
 
+def test_second_instance_rejects_overlap_at_submit(
+    manager: TaskManager,
+    make_manager: Callable[..., TaskManager],
+    db: psycopg.Connection,
+    demo_sheet_ids: list[int],
+) -> None:
+    other_instance = make_manager()
+    gate = Gate()
+    first: list[str] = []
+    block_on_first_processing_event(manager, lambda: first[0] if first else None, gate)
+
+    first.append(manager.submit(ReprocessRequest(tuple(demo_sheet_ids[:3]), SENSITIVE)))
+    try:
+        gate.wait_reached()
+        with pytest.raises(TaskConflictError) as conflict:
+            other_instance.submit(
+                ReprocessRequest(tuple(demo_sheet_ids[2:]), SENSITIVE)
+            )
+    finally:
+        gate.released.set()
+    assert manager.wait(first[0], TASK_TIMEOUT_S)
+
+    assert conflict.value.task_id == first[0]
+    assert conflict.value.sheet_ids == demo_sheet_ids[2:3]
+    assert conflict.value.http_status == 409
+    tasks = db.execute("SELECT task_id::text FROM reprocess_tasks").fetchall()
+    assert tasks == [(first[0],)]
+
+
+def test_stale_started_row_does_not_block_submit(
+    manager: TaskManager,
+    database: Database,
+    db: psycopg.Connection,
+    demo_sheet_ids: list[int],
+) -> None:
+    # A task of a process that died on another host stays STARTED, but
+    # holds no lock on its sheets.
+    stale = str(uuid.uuid4())
+    db.execute(
+        "INSERT INTO reprocess_tasks (task_id, status, profile_id, sheet_ids,"
+        " runner_host, runner_pid, started_at)"
+        " VALUES (%s, 'STARTED', 1, %s, 'another-host', 1, now())",
+        (stale, demo_sheet_ids),
+    )
+    db.commit()
+
+    task_id = run_task(manager, ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE))
+
+    assert task_row(database, task_id).status == task_store.SUCCESS
+
+
 def test_second_instance_finds_sheets_busy(
     manager: TaskManager,
     make_manager: Callable[..., TaskManager],
     database: Database,
     db: psycopg.Connection,
     demo_sheet_ids: list[int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The first task locks its sheets after the second one's submit looked.
+    monkeypatch.setattr(task_manager_module, "locked_overlaps", lambda *a: None)
     other_instance = make_manager()
     gate = Gate()
     first: list[str] = []
@@ -1977,13 +2031,6 @@ def test_redecide_other_measurement_fails_clearly(
 
 
 # -- Restart ----------------------------------------------------------------------
-
-
-def dead_pid() -> int:
-    """Return the pid of a process that has just exited."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 def test_restart_fails_tasks_of_dead_process(

@@ -33,7 +33,7 @@ from omr_desktop.server.app import (
     start_server,
 )
 from omr_desktop.server.sse import format_event
-from tests.db.builders import mark_migrated_by_newer_version
+from tests.db.builders import dead_pid, mark_migrated_by_newer_version
 from tests.server.conftest import (
     TIMEOUT_S,
     WORKERS,
@@ -303,6 +303,30 @@ async def test_interrupted_task_ends_with_error_from_row(
     error = read.events[-1].json
     assert error["status"] == "FAILURE"
     assert "interrupted" in error["message"]
+    assert status["status"] == "FAILURE"
+    assert status["result"]["reason"] == "interrupted"
+
+
+async def test_task_of_killed_process_ends_stream(
+    make_app: AppFactory, db_conninfo: str, sheet_ids: list[int]
+) -> None:
+    # A command line reprocess on this host, killed after its first event,
+    # while the server was already running.
+    async with serving(make_app()) as client:
+        task_id = str(uuid.uuid4())
+        with psycopg.connect(db_conninfo, autocommit=True) as conn:
+            task_store.create_task(conn, task_id, 2, sheet_ids, {})
+            task_store.mark_started(conn, task_id)
+            task_store.append_event(conn, task_id, 1, "progress", {"stage": "Loading"})
+            conn.execute(
+                "UPDATE reprocess_tasks SET runner_pid = %s WHERE task_id = %s",
+                (dead_pid(), task_id),
+            )
+        read = await follow(client, task_id)
+        status = await (await client.get(f"/sheets/reprocess/{task_id}/status")).json()
+
+    assert [(e.id, e.event) for e in read.events] == [(1, "progress"), (2, "error")]
+    assert read.events[-1].json["result"]["reason"] == "interrupted"
     assert status["status"] == "FAILURE"
     assert status["result"]["reason"] == "interrupted"
 
