@@ -85,7 +85,7 @@ def add_reprocess_commands(commands: argparse._SubParsersAction) -> None:  # typ
         metavar="N",
         help="detection threads (default: number of cores)",
     )
-    cmd.set_defaults(handler=run_reprocess_command)
+    cmd.set_defaults(handler=run_reprocess_command, interrupt_on_sigterm=True)
 
     export = commands.add_parser(
         "export",
@@ -121,7 +121,7 @@ def add_reprocess_commands(commands: argparse._SubParsersAction) -> None:  # typ
         help="one row per answer (raw, corrected, confidence, "
         "reason) instead of one row per sheet",
     )
-    export.set_defaults(handler=run_export)
+    export.set_defaults(handler=run_export, interrupt_on_sigterm=True)
 
 
 def _id_list(text: str) -> list[int]:

@@ -146,11 +146,32 @@ def database_choice() -> DatabaseChoice:
     """Decide which database to use: environment, then saved setting, then embedded."""
     url = os.environ.get("OMR_DATABASE_URL", "").strip()
     if url:
+        _check_url(url, "OMR_DATABASE_URL", "or unset OMR_DATABASE_URL")
         return DatabaseChoice(url, "environment")
     saved = load_saved_settings().get("database_url")
     if isinstance(saved, str) and saved.strip():
+        _check_url(
+            saved.strip(),
+            "The saved database setting",
+            "or run 'omr-desktop db use embedded'",
+        )
         return DatabaseChoice(saved.strip(), "settings")
     return DatabaseChoice(None, "embedded")
+
+
+def _check_url(url: str, where: str, other_fix: str) -> None:
+    """Raise ConfigError if ``url`` is not a PostgreSQL connection string."""
+    import psycopg
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(
+            f"{where} {url!r} is not a PostgreSQL connection URL "
+            f"({str(exc).strip()}). Use "
+            f"postgresql://user@host:port/dbname, {other_fix} to use the "
+            "embedded database."
+        ) from None
 
 
 def log_level_name(cli_value: str | None) -> str:

@@ -190,6 +190,21 @@ def test_output_closed_early_gives_no_traceback(
     assert returncode in (0, 1)
 
 
+def test_invalid_database_url_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OMR_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("OMR_DATABASE_URL", "notaurl")
+
+    status = main(["db", "status"])
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "OMR_DATABASE_URL 'notaurl' is not a PostgreSQL connection URL" in err
+    assert "unset OMR_DATABASE_URL" in err
+    assert "unexpected" not in err
+
+
 def test_demo_command_seeds_batch_once(
     use_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -236,6 +251,41 @@ def test_demo_stopped_by_sigterm_removes_images(
     assert demo.returncode == 1
     assert "Interrupted." in errors
     assert not images.exists()
+
+
+def test_reprocess_stopped_by_sigterm_cancels(
+    use_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--sheets", "200", "--workers", "2"]) == 0
+    capsys.readouterr()
+    with psycopg.connect(use_database) as conn:
+        before = conn.execute("SELECT id, score FROM sheets ORDER BY id").fetchall()
+    reprocess = subprocess.Popen(
+        [sys.executable, "-m", "omr_desktop.cli", "reprocess", "--batch", "Demo"]
+        + ["--profile", "3", "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reprocess.stderr is not None
+        # The command names the task once it is submitted.
+        line = reprocess.stderr.readline()
+        while line and not line.startswith("Task "):
+            line = reprocess.stderr.readline()
+        reprocess.send_signal(signal.SIGTERM)
+        _, errors = reprocess.communicate(timeout=TIMEOUT_S)
+    finally:
+        reprocess.kill()
+
+    assert line.startswith("Task ")
+    assert reprocess.returncode == 1
+    assert "cancelled" in errors
+    with psycopg.connect(use_database) as conn:
+        after = conn.execute("SELECT id, score FROM sheets ORDER BY id").fetchall()
+        status = conn.execute("SELECT status, error FROM reprocess_tasks").fetchall()
+    assert after == before
+    assert status == [("FAILURE", "cancelled")]
 
 
 def test_import_command_reports_invalid_template(
@@ -304,6 +354,7 @@ def test_export_write_failure_removes_partial_file(
 
     monkeypatch.setattr(export, "_write_sheets", write_then_fail)
     out = tmp_path / "exports" / "sheets.csv"
+    out.parent.mkdir()
 
     status = main(["export", "--batch", "Small", "--out", str(out)])
 
@@ -311,6 +362,18 @@ def test_export_write_failure_removes_partial_file(
     assert status == 1
     assert f"error: Cannot write {out}: No space left on device." in err
     assert list(out.parent.iterdir()) == []
+
+
+def test_export_into_missing_folder_rejected(
+    one_sheet_batch: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "no such folder" / "sheets.csv"
+
+    status = main(["export", "--batch", "Small", "--out", str(out)])
+
+    assert status == 2
+    assert f"The folder {out.parent} does not exist" in capsys.readouterr().err
+    assert not out.parent.exists()
 
 
 def test_export_interrupted_removes_partial_file(
@@ -327,6 +390,7 @@ def test_export_interrupted_removes_partial_file(
 
     monkeypatch.setattr(export, "_write_sheets", write_then_interrupt)
     out = tmp_path / "exports" / "sheets.csv"
+    out.parent.mkdir()
 
     status = main(["export", "--batch", "Small", "--out", str(out)])
 

@@ -70,9 +70,15 @@ def export_batch(
                 return _write_rows(conn, handle, ids, per_answer)
         except OSError as exc:
             raise _write_error(out, exc) from exc
+    if not out.parent.is_dir():
+        # A mistyped folder name is not created, because the file would
+        # land in a folder that the user does not expect.
+        raise ExportError(
+            f"The folder {out.parent} does not exist. Create it first, or "
+            "choose a path in an existing folder."
+        )
     partial = out.with_name(out.name + ".partial")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         count = _write_file(conn, partial, ids, per_answer)
         partial.replace(out)
     except BaseException as exc:
