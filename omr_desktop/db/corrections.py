@@ -13,6 +13,7 @@ import psycopg
 
 from omr_desktop.db.migrate import check_not_newer
 from omr_desktop.db.reprocess_store import lock_sheet_ids
+from omr_desktop.engine.template import Template
 
 # A corrected answer: option values joined (A, BC, 12), blank, or '*' for
 # an unresolved multi-mark.
@@ -42,6 +43,7 @@ def correct_answer(
     with conn.transaction():
         check_not_newer(conn)
         lock_sheet_ids(conn, [sheet_id], _BUSY)
+        _check_offered(conn, sheet_id, question, answer)
         updated = conn.execute(
             "UPDATE omr_answers SET answer_corrected = %s, corrected_by = %s,"
             " corrected_at = now() WHERE sheet_id = %s AND question = %s",
@@ -50,6 +52,43 @@ def correct_answer(
         if updated != 1:
             raise CorrectionError(f"Sheet {sheet_id} has no question {question!r}.")
         conn.execute("CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", ([sheet_id],))
+
+
+def _check_offered(
+    conn: psycopg.Connection, sheet_id: int, question: str, answer: str
+) -> None:
+    """Raise unless every mark of ``answer`` is an option of the question.
+
+    The options are the bubble values of the question's fields in the
+    sheet's template. Values longer than one character are ambiguous in a
+    joined answer, so such questions are not checked.
+    """
+    if answer in ("", "*"):
+        return
+    row = conn.execute(
+        "SELECT t.layout FROM sheets s JOIN batches b ON b.id = s.batch_id"
+        " JOIN templates t ON t.id = b.template_id WHERE s.id = %s",
+        (sheet_id,),
+    ).fetchone()
+    if row is None:
+        raise CorrectionError(f"Sheet {sheet_id} does not exist.")
+    template = Template.from_dict(row[0])
+    labels = template.column_fields(question)
+    if not all(label in template.field_positions for label in labels):
+        raise CorrectionError(f"Sheet {sheet_id} has no question {question!r}.")
+    values = list(
+        dict.fromkeys(
+            b.value for label in labels for b in template.field_by_label(label).bubbles
+        )
+    )
+    if any(len(v) != 1 for v in values):
+        return
+    if not set(answer) <= set(values):
+        raise CorrectionError(
+            f"{answer!r} is not an answer to {question}, whose options are "
+            f"{', '.join(values)}. Use those, several for a multi-mark such as "
+            "AC, nothing for blank, or * for an unresolved multi-mark."
+        )
 
 
 def swap_students(conn: psycopg.Connection, first: int, second: int) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from omr_desktop.cli import main
 from omr_desktop.config import DatabaseChoice
-from omr_desktop.db.corrections import correct_answer, swap_students
+from omr_desktop.db.corrections import CorrectionError, correct_answer, swap_students
 from omr_desktop.db.database import Database
 from omr_desktop.db.history_store import UndoError, prune_history, undo_task
 from omr_desktop.db.migrate import SchemaTooNewError
@@ -270,3 +270,33 @@ def test_cli_export_writes_sheet_and_answer_rows(
     assert sheet_lines[0].endswith(",q149,q150")
     assert len(sheet_lines) == 1 + 4
     assert len(answers_csv.read_text().splitlines()) == 1 + 4 * 150
+
+
+@pytest.mark.parametrize("answer", ["Z", "ABZ", "1"])
+def test_correction_outside_options_rejected(
+    seeded: tuple[Database, list[int]], answer: str
+) -> None:
+    database, ids = seeded
+    with database.connect(autocommit=True) as conn:
+        before = snapshot(conn)
+
+        with pytest.raises(CorrectionError, match="whose options are A, B, C, D, E"):
+            correct_answer(conn, ids[0], "q1", answer, "editor")
+
+        assert snapshot(conn) == before
+
+
+@pytest.mark.parametrize("answer", ["c", "AC", "", "*"])
+def test_correction_within_options_stored(
+    seeded: tuple[Database, list[int]], answer: str
+) -> None:
+    database, ids = seeded
+    with database.connect(autocommit=True) as conn:
+        correct_answer(conn, ids[0], "q1", answer, "editor")
+
+        stored = conn.execute(
+            "SELECT answer_corrected FROM omr_answers WHERE sheet_id = %s"
+            " AND question = 'q1'",
+            (ids[0],),
+        ).fetchone()
+    assert stored == (answer.upper(),)
