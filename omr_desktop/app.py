@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # PySide6 is imported before anything that might import qasync: qasync binds
 # to the first Qt binding it finds.
@@ -35,6 +35,9 @@ from omr_desktop.gui.workers.db_task import DbTask, DbTaskRunner
 from omr_desktop.gui.workers.qt_executor import QThreadPoolExecutor
 from omr_desktop.pipeline.task_manager import TaskManager, TaskRequestError
 from omr_desktop.plural import counted
+
+if TYPE_CHECKING:
+    from omr_desktop.db.history_store import UndoCandidate
 
 logger = logging.getLogger(__name__)
 
@@ -161,31 +164,58 @@ class AppSession:
         return setup
 
     def undo_last_reprocess(self) -> None:
-        """Undo the newest reprocess that succeeded and is not undone yet."""
+        """Offer to undo the newest reprocess that succeeded and is not undone yet.
+
+        The question names the task (it may be another instance's), and
+        nothing changes until the editor confirms.
+        """
         database = self.database
+
+        def find() -> UndoCandidate | None:
+            from omr_desktop.db.history_store import last_undoable
+
+            with database.connect() as conn:
+                return last_undoable(conn)
+
+        self._db_tasks.run(find, self._confirm_undo, self._show_undo_error)
+
+    def _confirm_undo(self, candidate: UndoCandidate | None) -> None:
+        if candidate is None:
+            QMessageBox.information(
+                self.window, "Undo", "There is no reprocess to undo."
+            )
+            return
+        finished = candidate.finished_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        answer = QMessageBox.question(
+            self.window,
+            "Undo the last reprocess?",
+            f"Undo the reprocess of {counted(candidate.sheets, 'sheet')} in "
+            f"{candidate.batch_names or 'deleted batches'} with "
+            f"{candidate.profile_name}, finished {finished} (task "
+            f"{candidate.task_id[:8]})? Their answers, scores and flags go "
+            "back to what they were before it.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        database = self.database
+        task_id = candidate.task_id
 
         def undo() -> str:
             from omr_desktop.db.history_store import undo_task
 
             with database.connect() as conn:
-                row = conn.execute(
-                    "SELECT task_id::text FROM reprocess_tasks WHERE status ="
-                    " 'SUCCESS' AND undone_at IS NULL AND NOT history_pruned"
-                    " ORDER BY finished_at DESC LIMIT 1"
-                ).fetchone()
-                if row is None:
-                    return "There is no reprocess to undo."
-                result = undo_task(conn, row[0])
+                result = undo_task(conn, task_id)
             return (
                 f"Undid task {result.task_id[:8]}: "
                 f"{counted(result.sheets_restored, 'sheet')} restored."
             )
 
-        self._db_tasks.run(
-            undo,
-            self._on_undo_finished,
-            lambda message: QMessageBox.warning(self.window, "Undo", message),
-        )
+        self._db_tasks.run(undo, self._on_undo_finished, self._show_undo_error)
+
+    def _show_undo_error(self, message: str) -> None:
+        QMessageBox.warning(self.window, "Undo", message)
 
     def _on_undo_finished(self, message: str) -> None:
         self.window.statusBar().showMessage(message, 10_000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 
@@ -30,6 +31,34 @@ class UndoResult:
     sheets_restored: int
     answers_restored: int
     answers_deleted: int
+
+
+@dataclass(frozen=True)
+class UndoCandidate:
+    """The newest reprocess that can be undone, described for the editor."""
+
+    task_id: str
+    profile_name: str
+    sheets: int
+    batch_names: str
+    finished_at: datetime
+
+
+def last_undoable(conn: psycopg.Connection) -> UndoCandidate | None:
+    """Return the newest succeeded task that is not undone or pruned, if any."""
+    row = conn.execute(
+        "SELECT t.task_id::text, coalesce(p.name, 'profile ' || t.profile_id),"
+        " cardinality(t.sheet_ids),"
+        " (SELECT string_agg(DISTINCT b.name, ', ') FROM sheets s"
+        "  JOIN batches b ON b.id = s.batch_id WHERE s.id = ANY(t.sheet_ids)),"
+        " t.finished_at"
+        " FROM reprocess_tasks t LEFT JOIN profiles p ON p.id = t.profile_id"
+        " WHERE t.status = 'SUCCESS' AND t.undone_at IS NULL"
+        " AND NOT t.history_pruned ORDER BY t.finished_at DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    return UndoCandidate(str(row[0]), str(row[1]), int(row[2]), row[3] or "", row[4])
 
 
 def undo_task(conn: psycopg.Connection, task_id: str) -> UndoResult:

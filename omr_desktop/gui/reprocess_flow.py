@@ -164,6 +164,7 @@ class ReprocessFlow(QObject):
 
     @Slot()
     def _on_dialog_closed_after_end(self) -> None:
+        # Reload what the task changed: the student list and the open sheet.
         refresh = getattr(self._window, "refresh_sheets", None)
         if callable(refresh):
             refresh()
@@ -177,6 +178,10 @@ class ReprocessFlow(QObject):
         self.event_received.emit(event)
         if event.event != "progress":
             self.task_ended.emit(event.task_id)
+        # A task that the HTTP server started has no dialog whose closing
+        # refreshes the student list, so its completion does.
+        if event.event == "complete" and dialog is None:
+            self._on_dialog_closed_after_end()
 
     # -- Helpers ---------------------------------------------------------
 

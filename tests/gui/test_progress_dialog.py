@@ -143,7 +143,7 @@ def test_progress_event_updates_bar_stage_and_log(dialog: ProgressDialog) -> Non
     assert bar is not None
     # 2 % for Loading Sheets plus 4.6 % of the 78 % of Processing Sheets.
     assert bar.value() == round(ev.overall_percentage(ev.PROCESSING_SHEETS, 4.6) * 10)
-    assert bar.text() == "5%"
+    assert bar.text() == "5% of the task"
     assert label_text(dialog, "stageLabel") == "Processing Sheets: 324 of 7,109 sheets"
     assert label_text(dialog, "stateLabel") == "Running"
     model = log_view(dialog).model()
@@ -166,7 +166,7 @@ def test_complete_state_and_result(dialog: ProgressDialog, qtbot: QtBot) -> None
     assert label_text(dialog, "stageLabel") == "Completed"
     bar = dialog.findChild(QProgressBar, "progressBar")
     assert bar is not None
-    assert bar.text() == "100%"
+    assert bar.text() == "100% of the task"
     assert label_text(dialog, "resultSummary") == (
         "10 sheets processed, 2 failed. 34 answers changed. "
         "5 sheets changed score. Took 3.2 s."

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
 from omr_desktop.app import AppSession
@@ -16,6 +17,7 @@ from omr_desktop.config import DatabaseChoice
 from omr_desktop.db.database import Database
 from omr_desktop.gui.windows.main_window import MainWindow
 from omr_desktop.pipeline.demo import seed_demo
+from omr_desktop.pipeline.reprocess import ReprocessRequest
 
 pytestmark = [pytest.mark.gui, pytest.mark.db]
 
@@ -145,13 +147,21 @@ def test_tasks_panel_shows_task_and_its_log(session: AppSession, qtbot: QtBot) -
 
     assert panel.model.task_id(0) == task_id
     assert panel.model.data(panel.model.index(0, 1)) == "SUCCESS"
+    # A live task's profile comes from its stored row.
+    qtbot.waitUntil(
+        lambda: panel.model.data(panel.model.index(0, 2)) == "Sensitive",
+        timeout=TIMEOUT_MS,
+    )
     with qtbot.waitSignal(panel.log_shown, timeout=TIMEOUT_MS):
         panel.table.selectRow(0)
     assert panel.log_model.rowCount() == len(session.flow.events_of(task_id))
 
 
 def test_undo_last_reprocess_restores_answers(
-    session: AppSession, qtbot: QtBot, database: Database
+    session: AppSession,
+    qtbot: QtBot,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     window = session.window
     before = light_marks_read(database)
@@ -162,10 +172,67 @@ def test_undo_last_reprocess_restores_answers(
         window.reprocess_button.click()
     assert light_marks_read(database) > before
 
+    questions: list[str] = []
+
+    def answer_yes(*args: Any, **kwargs: Any) -> QMessageBox.StandardButton:
+        questions.append(args[2])
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", answer_yes)
     with qtbot.waitSignal(window.sheets_loaded, timeout=TIMEOUT_MS):
         session.undo_last_reprocess()
 
     assert light_marks_read(database) == before
+    assert len(questions) == 1
+    assert questions[0].startswith(
+        "Undo the reprocess of 4 sheets in Demo with Sensitive"
+    )
+
+
+def test_undo_declined_changes_nothing(
+    session: AppSession,
+    qtbot: QtBot,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    window = session.window
+    window.select_mode_button.setChecked(True)
+    window.select_all_visible()
+    session.flow.profile_dialog_opened.connect(choose_profile(SENSITIVE))
+    with qtbot.waitSignal(session.flow.task_ended, timeout=TIMEOUT_MS):
+        window.reprocess_button.click()
+    after_task = light_marks_read(database)
+    questions: list[bool] = []
+
+    def answer_no(*args: Any, **kwargs: Any) -> QMessageBox.StandardButton:
+        questions.append(True)
+        return QMessageBox.StandardButton.No
+
+    monkeypatch.setattr(QMessageBox, "question", answer_no)
+    session.undo_last_reprocess()
+    qtbot.waitUntil(lambda: bool(questions), timeout=TIMEOUT_MS)
+    qtbot.wait(200)
+
+    assert light_marks_read(database) == after_task
+
+
+def test_task_without_dialog_refreshes_list(
+    session: AppSession, qtbot: QtBot, database: Database
+) -> None:
+    # As the embedded HTTP server starts one: no progress dialog follows it.
+    window = session.window
+    ids = [
+        window.sheet_model.record(r).id for r in range(window.sheet_model.rowCount())
+    ]
+
+    with qtbot.waitSignal(window.sheets_loaded, timeout=TIMEOUT_MS):
+        session.manager.submit(ReprocessRequest(tuple(ids), SENSITIVE))
+
+    profiles = {
+        window.sheet_model.record(r).profile_name
+        for r in range(window.sheet_model.rowCount())
+    }
+    assert profiles == {"Sensitive"}
 
 
 def test_manual_correction_survives_reprocess(

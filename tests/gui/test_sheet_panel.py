@@ -114,3 +114,26 @@ def test_swap_exchanges_students_of_two_sheets(
         after = dict(conn.execute("SELECT id, student_id FROM sheets").fetchall())
     assert after[first] == before[second]
     assert after[second] == before[first]
+
+
+def test_other_batch_closes_open_sheet(
+    window: MainWindow, qtbot: QtBot, database: Database, tmp_path: Path
+) -> None:
+    with database.connect() as conn:
+        seed_demo(conn, tmp_path / "second", sheets=1, workers=1, batch_name="Other")
+    with qtbot.waitSignal(window.batches_loaded, timeout=20_000):
+        window.refresh_batches()
+    open_row(window, qtbot, 0)
+    other = next(
+        r
+        for r in range(window.batch_proxy.rowCount())
+        if window.batch_proxy.index(r, 0).data() == "Other"
+    )
+
+    with qtbot.waitSignal(window.sheets_loaded, timeout=20_000):
+        window.batches_view.selectRow(other)
+    qtbot.wait(200)
+
+    assert window.open_sheet_id is None
+    assert window.sheet_panel.detail is None
+    assert window.sheet_title.text() == "<b>No sheet open</b>"

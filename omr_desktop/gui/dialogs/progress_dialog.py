@@ -160,6 +160,9 @@ class ProgressDialog(QDialog):
         self._title.setText(f"<b>{title}</b>" if title else "")
         self._title.setVisible(bool(title))
         self._bar.setMaximum(100 * _BAR_STEPS_PER_PERCENT)
+        # The log's last column is each stage's own percentage, and the bar
+        # covers the whole task, so its text names the task.
+        self._bar.setFormat("%p% of the task")
 
     def _child(self, kind: type[Any], name: str) -> Any:
         widget = self.findChild(kind, name)
@@ -266,7 +269,7 @@ class ProgressDialog(QDialog):
     def _end(self, event: ProgressEvent) -> None:
         self._terminal_event = event
         # Hidden, not deleted: the task can end while a question that
-        # cancels it is open, and that code still holds the button.
+        # cancels it is open, and that code still uses the button.
         self._cancel_button.hide()
         close = self._buttons.addButton(QDialogButtonBox.StandardButton.Close)
         close.clicked.connect(self._on_close_button_clicked)
@@ -274,7 +277,7 @@ class ProgressDialog(QDialog):
         close.setFocus()
         logger.debug("Task %s ended with %s", self._task_id, event.event)
         # A task that completed although the editor cancelled it stays on
-        # screen, so that the editor sees its changes were saved.
+        # screen, so that the editor can read that its changes were saved.
         if self._close_when_ended and event.event != ev.COMPLETE:
             self.accept()
 

@@ -24,7 +24,7 @@ ELAPSED_COLUMN = 1
 MESSAGE_COLUMN = 2
 PERCENTAGE_COLUMN = 3
 
-_HEADERS = ("Time", "Elapsed", "Activity", "Progress")
+_HEADERS = ("Time", "Elapsed", "Activity", "Of stage")
 
 # The whole ProgressEvent of a row.
 EVENT_ROLE = Qt.ItemDataRole.UserRole + 1

@@ -18,7 +18,7 @@ from omr_desktop.gui.models.activity_log_model import (
 _WIDEST_TEXT = {
     TIME_COLUMN: "12:59:59 PM",
     ELAPSED_COLUMN: "23h 59m 59s",
-    PERCENTAGE_COLUMN: "Progress",
+    PERCENTAGE_COLUMN: "Of stage",
 }
 _CELL_PADDING_PX = 16
 

@@ -31,12 +31,17 @@ from PySide6.QtWidgets import (
 
 from omr_desktop.db import task_store
 from omr_desktop.db.database import Database
+from omr_desktop.db.profiles import list_profiles
 from omr_desktop.gui.models.activity_log_model import ActivityLogModel
 from omr_desktop.gui.widgets.activity_log import ActivityLogView
 from omr_desktop.gui.workers.db_task import DbTaskRunner
 from omr_desktop.pipeline.events import ProgressEvent
+from omr_desktop.plural import counted
 
 AnyIndex = QModelIndex | QPersistentModelIndex
+
+# Profile id to name.
+ProfileNames = dict[int, str]
 
 # How many finished tasks of earlier sessions the panel lists.
 RECENT_TASKS = 30
@@ -62,6 +67,8 @@ class TasksModel(QAbstractTableModel):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._rows: list[TaskSummary] = []
+        # For the Profile column.
+        self.profile_names: ProfileNames = {}
 
     def set_tasks(self, tasks: list[TaskSummary]) -> None:
         self.beginResetModel()
@@ -70,7 +77,12 @@ class TasksModel(QAbstractTableModel):
         self._rows = live + tasks
         self.endResetModel()
 
-    def apply_event(self, event: ProgressEvent) -> None:
+    def apply_event(self, event: ProgressEvent) -> bool:
+        """Update the event's task, or add it; return True when it was added.
+
+        An event does not carry the task's profile: an added row has none
+        until `set_profile`.
+        """
         for row, task in enumerate(self._rows):
             if task.task_id == event.task_id:
                 self._rows[row] = replace(
@@ -79,7 +91,7 @@ class TasksModel(QAbstractTableModel):
                 self.dataChanged.emit(
                     self.index(row, 0), self.index(row, len(self.HEADERS) - 1)
                 )
-                return
+                return False
         self.beginInsertRows(QModelIndex(), 0, 0)
         self._rows.insert(
             0,
@@ -93,6 +105,15 @@ class TasksModel(QAbstractTableModel):
             ),
         )
         self.endInsertRows()
+        return True
+
+    def set_profile(self, task_id: str, profile_id: int) -> None:
+        for row, task in enumerate(self._rows):
+            if task.task_id == task_id:
+                self._rows[row] = replace(task, profile_id=profile_id)
+                index = self.index(row, self.HEADERS.index("Profile"))
+                self.dataChanged.emit(index, index)
+                return
 
     def task_id(self, row: int) -> str:
         return self._rows[row].task_id
@@ -110,7 +131,9 @@ class TasksModel(QAbstractTableModel):
         values = (
             task.task_id[:8],
             task.status,
-            str(task.profile_id) if task.profile_id else "",
+            self.profile_names.get(task.profile_id, str(task.profile_id))
+            if task.profile_id
+            else "",
             f"{task.sheets:,}",
             task.created.replace("T", " "),
             task.message,
@@ -177,10 +200,11 @@ class TasksPanel(QDockWidget):
         """Read the recent tasks (off the GUI thread)."""
         self._database = database
 
-        def load() -> list[TaskSummary]:
+        def load() -> tuple[list[TaskSummary], ProfileNames]:
             with database.connect() as conn:
                 rows = task_store.recent_tasks(conn, RECENT_TASKS)
-            return [
+                names = {p.id: p.name for p in list_profiles(conn)}
+            tasks = [
                 TaskSummary(
                     r.task_id,
                     r.status,
@@ -191,11 +215,16 @@ class TasksPanel(QDockWidget):
                 )
                 for r in rows
             ]
+            return tasks, names
 
         self._db_tasks.run(load, self._on_tasks_loaded)
 
     @Slot(object)
-    def _on_tasks_loaded(self, tasks: list[TaskSummary]) -> None:
+    def _on_tasks_loaded(
+        self, loaded: tuple[list[TaskSummary], dict[int, str]]
+    ) -> None:
+        tasks, names = loaded
+        self.model.profile_names = names
         self.model.set_tasks(tasks)
         self.tasks_loaded.emit(len(tasks))
 
@@ -203,9 +232,34 @@ class TasksPanel(QDockWidget):
     def add_event(self, event: ProgressEvent) -> None:
         """Show a live event of any task (delivered on the GUI thread)."""
         self._events.setdefault(event.task_id, []).append(event)
-        self.model.apply_event(event)
+        if self.model.apply_event(event):
+            self._read_profile(event.task_id)
         if event.task_id == self._shown_task:
             self.log_model.append_event(event)
+
+    def _read_profile(self, task_id: str) -> None:
+        """Fill in a live task's profile from its stored row (off the GUI thread)."""
+        database = self._database
+        if database is None:
+            return
+
+        def load() -> tuple[int, str] | None:
+            with database.connect() as conn:
+                task = task_store.get_task(conn, task_id)
+                if task is None:
+                    return None
+                names = {p.id: p.name for p in list_profiles(conn)}
+            return task.profile_id, names.get(task.profile_id, "")
+
+        self._db_tasks.run(load, lambda found: self._on_profile_read(task_id, found))
+
+    def _on_profile_read(self, task_id: str, found: tuple[int, str] | None) -> None:
+        if found is None:
+            return
+        profile_id, name = found
+        if name:
+            self.model.profile_names[profile_id] = name
+        self.model.set_profile(task_id, profile_id)
 
     @Slot(QItemSelection, QItemSelection)
     def _on_table_selection_changed(
@@ -248,6 +302,6 @@ def _result_message(result: dict[str, Any]) -> str:
     if not result:
         return ""
     return (
-        f"{result.get('sheets_processed', 0)} sheets, "
-        f"{result.get('answers_changed', 0)} answers changed"
+        f"{counted(int(result.get('sheets_processed', 0)), 'sheet')}, "
+        f"{counted(int(result.get('answers_changed', 0)), 'answer')} changed"
     )

@@ -42,6 +42,10 @@ from omr_desktop.gui.workers.sheet_loader import LoadedSheet, load_sheet
 
 logger = logging.getLogger(__name__)
 
+# Panel C with no sheet open: at start-up and after switching batches.
+NO_SHEET_TITLE = "<b>No sheet open</b>"
+NO_SHEET_MESSAGE = "Select a sheet in the student list."
+
 # Flags offered by the student list's filter, most useful first.
 FLAG_FILTERS = (
     "LOW_CONFIDENCE",
@@ -119,7 +123,7 @@ class MainWindow(QMainWindow):
         panel_c = placeholder.parentWidget().layout()
         panel_c.replaceWidget(placeholder, self.sheet_panel)
         placeholder.deleteLater()
-        self.sheet_panel.show_message("Select a sheet in the student list.")
+        self.sheet_panel.show_message(NO_SHEET_MESSAGE)
         self.sheet_panel.correction_requested.connect(self._on_correction_requested)
 
     def _child(self, kind: type[Any], name: str) -> Any:
@@ -336,8 +340,19 @@ class MainWindow(QMainWindow):
     def _on_sheets_loaded(self, sheets: list[Any]) -> None:
         self.sheet_model.set_records(sheets)
         self.sheets_loaded.emit(len(sheets))
-        if self._open_sheet_id is not None:
+        if self._open_sheet_id is None:
+            return
+        # A refresh reloads the open sheet; another batch closes it.
+        if any(sheet.id == self._open_sheet_id for sheet in sheets):
             self.open_sheet(self._open_sheet_id)
+        else:
+            self.close_sheet()
+
+    def close_sheet(self) -> None:
+        """Empty Panel C, as at start-up."""
+        self._open_sheet_id = None
+        self.sheet_title.setText(NO_SHEET_TITLE)
+        self.sheet_panel.show_message(NO_SHEET_MESSAGE)
 
     def refresh_sheets(self) -> None:
         """Reload the student list of the open batch and the open sheet."""
@@ -453,7 +468,8 @@ class MainWindow(QMainWindow):
         if splitter is not None:
             self.splitter.restoreState(splitter)
         else:
-            self.splitter.setSizes([260, 520, 500])
+            # Panel C gets the most room, for the page and its answers table.
+            self.splitter.setSizes([200, 430, 650])
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         settings = QSettings()
