@@ -66,5 +66,9 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
     if origin in origins:
         response.headers["Access-Control-Allow-Origin"] = origin
     # The response depends on the Origin header, so caches must key on it.
+    # A preflight response names Origin already.
     vary = response.headers.get("Vary")
-    response.headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
+    if not vary:
+        response.headers["Vary"] = "Origin"
+    elif "origin" not in (v.strip().lower() for v in vary.split(",")):
+        response.headers["Vary"] = f"{vary}, Origin"

@@ -195,9 +195,10 @@ def parse_task_id(text: str) -> str:
     try:
         return str(uuid.UUID(text))
     except ValueError:
+        quoted = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…"
         raise ApiError(
             404,
-            f"No task {text!r}: task ids are UUIDs such as "
+            f"No task {quoted!r}: task ids are UUIDs such as "
             "c8f2b3c4-0000-4000-8000-000000000000.",
         ) from None
 
@@ -212,10 +213,21 @@ def parse_last_event_id(request: web.Request) -> int:
     text = request.headers.get("Last-Event-ID", "").strip()
     if not text:
         return 0
-    if not text.isascii() or not text.isdigit() or len(text) > 10:
+    quoted = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…"
+    if not text.isascii() or not text.isdigit():
         raise ApiError(
             400,
             f"Last-Event-ID must be an event id this server sent (an integer), "
-            f"not {text[:40]!r}.",
+            f"not {quoted!r}.",
+        )
+    if len(text) > 10:
+        raise ApiError(
+            400,
+            f"Last-Event-ID {quoted} is out of range: this server sends event "
+            "ids below 10,000,000,000. Reconnect without it to get every event.",
         )
     return int(text)
+
+
+# Characters of a rejected value that an error message repeats.
+_SHOWN_CHARS = 40

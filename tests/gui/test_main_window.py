@@ -11,6 +11,7 @@ from pytestqt.qtbot import QtBot
 
 from omr_desktop.config import DatabaseChoice
 from omr_desktop.db.database import Database
+from omr_desktop.db.migrate import migrate
 from omr_desktop.gui.models.list_models import sheet_table_model
 from omr_desktop.gui.windows.main_window import MainWindow
 from tests.db.builders import AnswerRow, add_batch, add_sheet, add_template
@@ -107,3 +108,20 @@ def test_sheet_model_passes_model_tester(qtmodeltester: object) -> None:
     )
 
     qtmodeltester.check(model)  # type: ignore[attr-defined]
+
+
+def test_empty_database_says_how_to_start(
+    window: MainWindow, empty_db_conninfo: str, qtbot: QtBot
+) -> None:
+    with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
+        migrate(conn)
+    empty = Database(DatabaseChoice(empty_db_conninfo, "environment"))
+    empty.open()
+    try:
+        with qtbot.waitSignal(window.batches_loaded, timeout=10_000) as loaded:
+            window.set_database(empty)
+    finally:
+        empty.close()
+
+    assert loaded.args == [0]
+    assert "omr-desktop demo" in window.sheet_panel.sheet_view.message_text()

@@ -778,6 +778,29 @@ async def test_malformed_last_event_id_is_400(
     assert "Last-Event-ID" in payload["message"]
 
 
+async def test_huge_last_event_id_out_of_range(
+    make_app: AppFactory, manager: TaskManager, sheet_ids: list[int]
+) -> None:
+    async with serving(make_app()) as client:
+        task_id = await post_reprocess(client, sheet_ids)
+        response = await client.get(
+            f"/sheets/reprocess/{task_id}/stream", headers={"Last-Event-ID": "9" * 23}
+        )
+        payload = await response.json()
+
+    assert response.status == 400
+    assert payload["message"].startswith(f"Last-Event-ID {'9' * 23} is out of range")
+
+
+async def test_long_task_id_shortened_in_404(make_app: AppFactory) -> None:
+    async with serving(make_app()) as client:
+        response = await client.get(f"/sheets/reprocess/{'x' * 5000}/status")
+        payload = await response.json()
+
+    assert response.status == 404
+    assert len(payload["message"]) < 200
+
+
 async def test_unknown_route_and_wrong_method_get_json_errors(
     make_app: AppFactory,
 ) -> None:
@@ -1113,6 +1136,7 @@ async def test_cors_allow_list(
 
     assert allowed.status == 204
     assert allowed.headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert allowed.headers.getall("Vary") == ["Origin"]
     assert "POST" in allowed.headers["Access-Control-Allow-Methods"]
     assert "Content-Type" in allowed.headers["Access-Control-Allow-Headers"]
     assert other.status == 403

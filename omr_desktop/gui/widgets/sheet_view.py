@@ -57,12 +57,14 @@ class SheetView(QGraphicsView):
         )
         self.setBackgroundBrush(QBrush(QColor(70, 70, 70)))
         self._questions: dict[str, QRectF] = {}
+        self._message = ""
         self.setAccessibleName("Sheet image")
 
     def show_sheet(self, image: QImage, bubbles: Sequence[BubbleOverlay]) -> None:
         """Show ``image`` (already resized to the page) with ``bubbles`` over it."""
         self._scene.clear()
         self._questions.clear()
+        self._message = ""
         self._scene.addPixmap(QPixmap.fromImage(image))
         for bubble in bubbles:
             self._add_bubble(bubble)
@@ -75,6 +77,11 @@ class SheetView(QGraphicsView):
         item = self._scene.addText(text)
         item.setDefaultTextColor(QColor(230, 230, 230))
         self._scene.setSceneRect(item.boundingRect())
+        self._message = text
+
+    def message_text(self) -> str:
+        """Return the message shown in place of a sheet, or "" while one is shown."""
+        return self._message
 
     def _add_bubble(self, bubble: BubbleOverlay) -> None:
         outline, fill = STATE_COLOURS[bubble.state]

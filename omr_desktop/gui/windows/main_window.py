@@ -45,6 +45,11 @@ logger = logging.getLogger(__name__)
 # Panel C with no sheet open: at start-up and after switching batches.
 NO_SHEET_TITLE = "<b>No sheet open</b>"
 NO_SHEET_MESSAGE = "Select a sheet in the student list."
+NO_BATCH_MESSAGE = (
+    "This database has no batches yet.\n\nCreate the demo batch with\n"
+    "omr-desktop demo\nor read your scans with\n"
+    "omr-desktop import --template T.json --images DIR --batch NAME"
+)
 
 # Flags offered by the student list's filter, most useful first.
 FLAG_FILTERS = (
@@ -303,6 +308,8 @@ class MainWindow(QMainWindow):
     def _on_batches_loaded(self, batches: list[BatchSummary]) -> None:
         self.batch_model.set_records(batches)
         self.batches_view.resizeColumnsToContents()
+        if not batches:
+            self.sheet_panel.show_message(NO_BATCH_MESSAGE)
         self._select_batch(QSettings().value("main_window/last_batch_id"))
         self.batches_loaded.emit(len(batches))
 
