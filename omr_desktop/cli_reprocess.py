@@ -271,21 +271,27 @@ def _run_on(
     manager = TaskManager(database, engine=setup.engine)
     manager.add_listener(bar.update)
     manager.add_listener(lambda e: final.append(e) if e.event != "progress" else None)
+    # An interrupt (Ctrl-C, or SIGTERM) from here on cancels the task: one
+    # that escaped would shut the detection pool down under the running task.
+    task_id: str | None = None
     try:
-        task_id = manager.submit(request)
-    except TaskRequestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        manager.shutdown()
-        return EXIT_USAGE
-    print(
-        f"Task {task_id}: {counted(len(request.sheet_ids), 'sheet')}, profile "
-        f"{args.profile}, on {setup.description}",
-        file=sys.stderr,
-    )
-    try:
+        try:
+            task_id = manager.submit(request)
+        except TaskRequestError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            manager.shutdown()
+            return EXIT_USAGE
+        print(
+            f"Task {task_id}: {counted(len(request.sheet_ids), 'sheet')}, profile "
+            f"{args.profile}, on {setup.description}",
+            file=sys.stderr,
+        )
         while not manager.wait(task_id, 0.5):
             pass
     except KeyboardInterrupt:
+        if task_id is None:
+            manager.shutdown(cancel=True)
+            raise
         manager.cancel(task_id)
         manager.wait(task_id)
     manager.shutdown()
