@@ -70,7 +70,7 @@ def run(scratch: Path, sheets: int) -> int:
 
 
 def shoot(database: Any) -> None:
-    from PySide6.QtCore import QEventLoop, QTimer
+    from PySide6.QtCore import QEventLoop, QThreadPool, QTimer
 
     from omr_desktop.app import AppSession, create_application
     from omr_desktop.gui.windows.main_window import MainWindow
@@ -145,6 +145,9 @@ def shoot(database: Any) -> None:
     progress[0].accept()
     session.close()
     window.close()
+    # Closing the dialog refreshed the list on a pool thread; the database
+    # closes its connections only once that is done, as the app does.
+    QThreadPool.globalInstance().waitForDone()
     print(f"Saved screenshots to {OUT}")
 
 
