@@ -264,7 +264,11 @@ def _run_on(
     request: ReprocessRequest,
     args: argparse.Namespace,
 ) -> int:
-    from omr_desktop.pipeline.task_manager import TaskManager, TaskRequestError
+    from omr_desktop.pipeline.task_manager import (
+        TaskConflictError,
+        TaskManager,
+        TaskRequestError,
+    )
 
     final: list[ProgressEvent] = []
     bar = ProgressBar(sys.stderr)
@@ -280,6 +284,10 @@ def _run_on(
         except TaskRequestError as exc:
             print(f"error: {exc}", file=sys.stderr)
             manager.shutdown()
+            # Sheets that another task holds are no invalid argument: the
+            # same command works once that task has finished.
+            if isinstance(exc, TaskConflictError):
+                return EXIT_TASK_FAILED
             return EXIT_USAGE
         print(
             f"Task {task_id}: {counted(len(request.sheet_ids), 'sheet')}, profile "

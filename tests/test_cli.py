@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,31 @@ def one_sheet_batch(use_database: str, db: psycopg.Connection) -> int:
 
     batch_id = add_batch(db, "Small", add_template(db), None)
     return add_sheet(db, batch_id, 1, [])
+
+
+def test_reprocess_of_sheets_another_process_holds_exits_1(
+    one_sheet_batch: int, db_conninfo: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other_task = str(uuid.uuid4())
+    with psycopg.connect(db_conninfo) as other:
+        # What a reprocess in another process holds while it runs.
+        other.execute(
+            "INSERT INTO reprocess_tasks (task_id, status, profile_id, sheet_ids,"
+            " runner_host, runner_pid, started_at)"
+            " VALUES (%s, 'STARTED', 2, %s, 'another-host', 1, now())",
+            (other_task, [one_sheet_batch]),
+        )
+        other.commit()
+        other.execute(
+            "SELECT id FROM sheets WHERE id = %s FOR UPDATE", (one_sheet_batch,)
+        )
+
+        status = main(["reprocess", "--sheets", str(one_sheet_batch), "--profile", "2"])
+        other.rollback()
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert f"already in task {other_task}" in err
 
 
 def test_export_to_folder_exits_2(
