@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
 from omr_desktop.config import DatabaseChoice
@@ -96,6 +97,32 @@ def test_manual_correction_is_stored_and_rescored(
             (sheet_id,),
         ).fetchone()
     assert row == (new, window.editor_name(), True)
+
+
+def test_refused_correction_is_explained(
+    window: MainWindow,
+    qtbot: QtBot,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sheet_id = open_row(window, qtbot, 0)
+    model = window.sheet_panel.answers_model
+    warnings: list[str] = []
+    monkeypatch.setattr(
+        QMessageBox, "warning", lambda _parent, _title, text: warnings.append(text)
+    )
+
+    model.setData(model.index(0, 2), "Z", Qt.ItemDataRole.EditRole)
+    qtbot.waitUntil(lambda: bool(warnings), timeout=20_000)
+
+    assert "whose options are A, B, C, D, E" in warnings[0]
+    with database.connect() as conn:
+        row = conn.execute(
+            "SELECT corrected_by FROM omr_answers WHERE sheet_id = %s"
+            " AND question = 'q1'",
+            (sheet_id,),
+        ).fetchone()
+    assert row == (None,)
 
 
 def test_swap_exchanges_students_of_two_sheets(

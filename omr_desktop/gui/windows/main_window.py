@@ -425,7 +425,13 @@ class MainWindow(QMainWindow):
                 correct_answer(conn, sheet_id, question, answer, editor)
             return sheet_id
 
-        self._db_tasks.run(store, lambda _id: self.refresh_sheets())
+        self._db_tasks.run(
+            store, lambda _id: self.refresh_sheets(), self._on_correction_refused
+        )
+
+    def _on_correction_refused(self, message: str) -> None:
+        # The cell shows the stored answer again, so the reason must be seen.
+        QMessageBox.warning(self, "Correction not saved", message)
 
     def editor_name(self) -> str:
         """Return the editor recorded on corrections: the setting, else the OS user."""
