@@ -159,36 +159,47 @@ def busy_tasks(conn: psycopg.Connection, sheet_ids: list[int]) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def locked_overlaps(
+# The advisory lock that a task's writing transaction takes (shared), keyed
+# by its id. By it, other processes tell a running task from a STARTED row
+# that a dead process left. Seed 1, because the cluster's final step takes
+# seed 0's key exclusively, for another purpose, on another connection.
+_WRITING_KEY = "hashtextextended(%s::text, 1)"
+
+
+def mark_writing(conn: psycopg.Connection, task_id: str) -> None:
+    """Show other processes that ``task_id`` runs, until this transaction ends."""
+    conn.execute(f"SELECT pg_advisory_xact_lock_shared({_WRITING_KEY})", (task_id,))
+
+
+def running_overlap(
     conn: psycopg.Connection, sheet_ids: list[int], exclude: set[str]
 ) -> tuple[str, list[int]] | None:
-    """Find a running task of another process that has locked some of ``sheet_ids``.
+    """Find a task of another process that is running on some of ``sheet_ids``.
 
     A STARTED row alone is not enough, since a process that died on another
-    host leaves its task STARTED: the sheets must also be locked now. The
-    probe takes no lock that outlives it and waits for none.
+    host leaves its task STARTED: the task's writing lock (`mark_writing`)
+    must be held too.
 
     Returns:
-        The task's id and the sheets of ``sheet_ids`` it includes, sorted;
-        None when no other task holds any of them.
+        The oldest such task's id and the sheets of ``sheet_ids`` it
+        includes, sorted; None when no other task runs on any of them.
     """
+    key = _WRITING_KEY % "t.task_id"
     rows = conn.execute(
-        "SELECT task_id::text, ARRAY(SELECT unnest(sheet_ids) INTERSECT"
+        "SELECT t.task_id::text, ARRAY(SELECT unnest(t.sheet_ids) INTERSECT"
         " SELECT unnest(%s::bigint[]) ORDER BY 1)"
-        " FROM reprocess_tasks WHERE status = 'STARTED'"
-        " AND sheet_ids && %s::bigint[] ORDER BY created_at",
+        " FROM reprocess_tasks t WHERE t.status = 'STARTED'"
+        " AND t.sheet_ids && %s::bigint[] AND EXISTS ("
+        "  SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+        "  AND l.database = (SELECT oid FROM pg_database"
+        "   WHERE datname = current_database())"
+        f"  AND l.classid = (({key} >> 32) & 4294967295)::oid"
+        f"  AND l.objid = ({key} & 4294967295)::oid AND l.objsubid = 1)"
+        " ORDER BY t.created_at",
         (sheet_ids, sheet_ids),
     ).fetchall()
     for task_id, overlap in rows:
-        if task_id in exclude:
-            continue
-        with conn.transaction(force_rollback=True):
-            free = conn.execute(
-                "SELECT count(*) FROM (SELECT id FROM sheets WHERE id = ANY(%s)"
-                " FOR KEY SHARE SKIP LOCKED) f",
-                (overlap,),
-            ).fetchone()
-        if free is not None and int(free[0]) < len(overlap):
+        if task_id not in exclude:
             return task_id, [int(i) for i in overlap]
     return None
 

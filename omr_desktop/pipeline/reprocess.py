@@ -407,6 +407,7 @@ def _load_sheets(
     if not run.detected_elsewhere:
         run.emit(ev.LOADING_SHEETS, f"Loading {counted(run.total, 'sheet')}", 0)
     _check_schema_not_newer(conn)
+    reprocess_store.mark_writing(conn, run.task_id)
     settings = load_profile_settings(conn, run.request.profile_id)
     rows = reprocess_store.lock_sheets(
         conn, list(run.request.sheet_ids), with_fills=run.request.redecide

@@ -29,7 +29,7 @@ from omr_desktop.db.profiles import list_profiles
 from omr_desktop.db.reprocess_store import (
     SheetsBusyError,
     busy_tasks,
-    locked_overlaps,
+    running_overlap,
 )
 from omr_desktop.pipeline import events as ev
 from omr_desktop.pipeline.events import ProgressEvent, ProgressSink
@@ -349,7 +349,7 @@ class TaskManager:
             # Tasks of this instance are checked under the lock, in submit.
             with self._lock:
                 own = set(self._active)
-            elsewhere = locked_overlaps(conn, list(sheet_ids), own)
+            elsewhere = running_overlap(conn, list(sheet_ids), own)
         if elsewhere is not None:
             raise TaskConflictError(*elsewhere)
         return replace(request, sheet_ids=sheet_ids)
@@ -374,7 +374,16 @@ class TaskManager:
             if active is None:
                 return False
             active.cancel_requested = True
+            # A queued task is taken off the runner's queue, so that it ends
+            # now rather than once the tasks before it have run.
+            dequeued = active.future is not None and active.future.cancel()
         logger.info("Cancel requested for task %s", task_id)
+        if dequeued:
+            # Storing its end takes a database round trip, which the caller
+            # (the GUI thread, say) should not wait for.
+            threading.Thread(
+                target=self._run, args=(active,), name="reprocess-cancel"
+            ).start()
         return True
 
     def is_active(self, task_id: str) -> bool:
@@ -402,6 +411,11 @@ class TaskManager:
                 for active in self._active.values():
                     active.cancel_requested = True
         self._runner.shutdown(wait=True)
+        # Tasks taken off the queue by cancel() end on threads of their own.
+        with self._lock:
+            left = list(self._active.values())
+        for active in left:
+            active.done.wait()
 
     # -- Running ---------------------------------------------------------
 

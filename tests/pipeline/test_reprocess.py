@@ -1544,6 +1544,16 @@ def test_second_instance_rejects_overlap_at_submit(
     demo_sheet_ids: list[int],
 ) -> None:
     other_instance = make_manager()
+    # An older row left STARTED by a process that died on another host,
+    # with the same sheets: the conflict names the task that runs.
+    db.execute(
+        "INSERT INTO reprocess_tasks (task_id, status, profile_id, sheet_ids,"
+        " runner_host, runner_pid, started_at, created_at)"
+        " VALUES (%s, 'STARTED', 1, %s, 'another-host', 1, now(),"
+        " now() - interval '1 day')",
+        (str(uuid.uuid4()), demo_sheet_ids),
+    )
+    db.commit()
     gate = Gate()
     first: list[str] = []
     block_on_first_processing_event(manager, lambda: first[0] if first else None, gate)
@@ -1562,7 +1572,9 @@ def test_second_instance_rejects_overlap_at_submit(
     assert conflict.value.task_id == first[0]
     assert conflict.value.sheet_ids == demo_sheet_ids[2:3]
     assert conflict.value.http_status == 409
-    tasks = db.execute("SELECT task_id::text FROM reprocess_tasks").fetchall()
+    tasks = db.execute(
+        "SELECT task_id::text FROM reprocess_tasks WHERE runner_host <> 'another-host'"
+    ).fetchall()
     assert tasks == [(first[0],)]
 
 
@@ -1597,7 +1609,7 @@ def test_second_instance_finds_sheets_busy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The first task locks its sheets after the second one's submit looked.
-    monkeypatch.setattr(task_manager_module, "locked_overlaps", lambda *a: None)
+    monkeypatch.setattr(task_manager_module, "running_overlap", lambda *a: None)
     other_instance = make_manager()
     gate = Gate()
     first: list[str] = []
@@ -1682,11 +1694,13 @@ def test_cancel_queued_task_never_starts(
         queued = manager.submit(ReprocessRequest(tuple(demo_sheet_ids[2:]), SENSITIVE))
         status_while_queued = task_row(database, queued).status
         assert manager.cancel(queued)
+        # It ends at once, while the first task still runs.
+        ended_first = manager.wait(queued, TASK_TIMEOUT_S)
     finally:
         gate.released.set()
     assert manager.wait(first[0], TASK_TIMEOUT_S)
-    assert manager.wait(queued, TASK_TIMEOUT_S)
 
+    assert ended_first
     assert status_while_queued == task_store.PENDING
     row = task_row(database, queued)
     assert row.status == task_store.FAILURE
