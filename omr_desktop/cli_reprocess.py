@@ -108,12 +108,12 @@ def add_reprocess_commands(commands: argparse._SubParsersAction) -> None:  # typ
     )
     export.add_argument(
         "--out",
-        type=Path,
+        type=_csv_path,
         required=True,
         metavar="FILE.csv",
-        help="path of the CSV file to write (UTF-8), or - for standard "
-        "output; missing folders are created, an existing file is replaced "
-        "and a link is followed",
+        help="path of the CSV file to write (UTF-8) in an existing folder, or "
+        "- for standard output; an existing file is replaced and a link is "
+        "followed",
     )
     export.add_argument(
         "--answers",
@@ -122,6 +122,20 @@ def add_reprocess_commands(commands: argparse._SubParsersAction) -> None:  # typ
         "reason) instead of one row per sheet",
     )
     export.set_defaults(handler=run_export, interrupt_on_sigterm=True)
+
+
+def _csv_path(text: str) -> Path:
+    """Parse ``--out``, rejecting a path that ends with a separator.
+
+    Path() drops a trailing slash, which would turn a folder name into the
+    name of the file written.
+    """
+    if text != "-" and text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names a folder: give the path of a CSV file, such as "
+            f"{text.rstrip('/' + os.sep) or os.sep}{os.sep}export.csv"
+        )
+    return Path(text)
 
 
 def _id_list(text: str) -> list[int]:
@@ -284,8 +298,8 @@ def _run_on(
         except TaskRequestError as exc:
             print(f"error: {exc}", file=sys.stderr)
             manager.shutdown()
-            # Sheets that another task holds are no invalid argument: the
-            # same command works once that task has finished.
+            # Sheets in another running task are not an invalid argument:
+            # the same command works once that task has finished.
             if isinstance(exc, TaskConflictError):
                 return EXIT_TASK_FAILED
             return EXIT_USAGE
@@ -302,9 +316,21 @@ def _run_on(
             raise
         manager.cancel(task_id)
         manager.wait(task_id)
+        interrupted = True
+    else:
+        interrupted = False
     manager.shutdown()
     bar.finish()
-    return _report(final[-1] if final else None, args.strict)
+    last = final[-1] if final else None
+    if interrupted and last is not None and last.event == "complete":
+        # Cancel works between sheets; past the last one the task completes.
+        print(
+            "note: the cancel came after the last sheet was read, so the task "
+            "completed and its changes are saved. Undo it with "
+            f"'omr-desktop reprocess --undo {task_id}'.",
+            file=sys.stderr,
+        )
+    return _report(last, args.strict)
 
 
 def _report(event: ProgressEvent | None, strict: bool) -> int:

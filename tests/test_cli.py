@@ -289,6 +289,38 @@ def test_reprocess_stopped_by_sigterm_cancels(
     assert status == [("FAILURE", "cancelled")]
 
 
+def test_reprocess_interrupted_too_late_says_so(
+    use_database: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from omr_desktop.pipeline.task_manager import TaskManager
+
+    assert main(["demo", "--sheets", "2", "--workers", "1"]) == 0
+    real_wait = TaskManager.wait
+    interrupts: list[str] = []
+
+    def interrupted_after_the_end(
+        self: TaskManager, task_id: str, timeout_s: float | None = None
+    ) -> bool:
+        # The interrupt lands once the task has passed its last sheet.
+        if not interrupts:
+            interrupts.append(task_id)
+            real_wait(self, task_id)
+            raise KeyboardInterrupt
+        return real_wait(self, task_id, timeout_s)
+
+    monkeypatch.setattr(TaskManager, "wait", interrupted_after_the_end)
+    capsys.readouterr()
+
+    status = main(["reprocess", "--batch", "Demo", "--profile", "2"])
+
+    err = capsys.readouterr().err
+    assert status == 0
+    assert "the cancel came after the last sheet was read" in err
+    assert f"--undo {interrupts[0]}" in err
+
+
 def test_import_command_reports_invalid_template(
     use_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -325,6 +357,8 @@ def one_sheet_batch(use_database: str, db: psycopg.Connection) -> int:
 def test_reprocess_of_sheets_another_process_holds_exits_1(
     one_sheet_batch: int, db_conninfo: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from omr_desktop.db.reprocess_store import mark_writing
+
     other_task = str(uuid.uuid4())
     with psycopg.connect(db_conninfo) as other:
         # What a reprocess in another process holds while it runs.
@@ -335,9 +369,7 @@ def test_reprocess_of_sheets_another_process_holds_exits_1(
             (other_task, [one_sheet_batch]),
         )
         other.commit()
-        other.execute(
-            "SELECT id FROM sheets WHERE id = %s FOR UPDATE", (one_sheet_batch,)
-        )
+        mark_writing(other, other_task)
 
         status = main(["reprocess", "--sheets", str(one_sheet_batch), "--profile", "2"])
         other.rollback()
@@ -398,8 +430,33 @@ def test_export_into_missing_folder_rejected(
     status = main(["export", "--batch", "Small", "--out", str(out)])
 
     assert status == 2
-    assert f"The folder {out.parent} does not exist" in capsys.readouterr().err
+    assert f"{out.parent} does not exist" in capsys.readouterr().err
     assert not out.parent.exists()
+
+
+def test_export_path_with_trailing_slash_rejected(
+    one_sheet_batch: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = f"{tmp_path / 'missing'}/"
+
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--batch", "Small", "--out", folder])
+
+    assert exited.value.code == 2
+    assert f"{folder!r} names a folder" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_export_below_a_file_rejected(
+    one_sheet_batch: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+
+    status = main(["export", "--batch", "Small", "--out", str(plain / "x.csv")])
+
+    assert status == 2
+    assert f"{plain} is not a folder" in capsys.readouterr().err
 
 
 def test_export_interrupted_removes_partial_file(

@@ -73,9 +73,10 @@ def export_batch(
     if not out.parent.is_dir():
         # A mistyped folder name is not created, because the file would
         # land in a folder that the user does not expect.
+        problem = "is not a folder" if out.parent.exists() else "does not exist"
         raise ExportError(
-            f"The folder {out.parent} does not exist. Create it first, or "
-            "choose a path in an existing folder."
+            f"{out.parent} {problem}. Choose a path in an existing folder, or "
+            "create the folder first."
         )
     partial = out.with_name(out.name + ".partial")
     try:
