@@ -43,7 +43,7 @@ def correct_answer(
     with conn.transaction():
         check_not_newer(conn)
         lock_sheet_ids(conn, [sheet_id], _BUSY)
-        _check_offered(conn, sheet_id, question, answer)
+        answer = _in_option_order(conn, sheet_id, question, answer)
         updated = conn.execute(
             "UPDATE omr_answers SET answer_corrected = %s, corrected_by = %s,"
             " corrected_at = now() WHERE sheet_id = %s AND question = %s",
@@ -54,17 +54,23 @@ def correct_answer(
         conn.execute("CALL REPROCESS_SHEET_SURGICAL(%s::bigint[], NULL)", ([sheet_id],))
 
 
-def _check_offered(
+def _in_option_order(
     conn: psycopg.Connection, sheet_id: int, question: str, answer: str
-) -> None:
-    """Raise unless every mark of ``answer`` is an option of the question.
+) -> str:
+    """Return ``answer`` with its marks once each, in the order of the options.
 
-    The options are the bubble values of the question's fields in the
-    sheet's template. Values longer than one character are ambiguous in a
-    joined answer, so such questions are not checked.
+    That is the form the engine writes a multi-mark in, and the form an
+    answer key lists it in: "CA" and "ACA" become "AC".
+
+    Raises:
+        CorrectionError: a mark is not an option of the question, whose
+            options are the bubble values of its fields in the sheet's
+            template. Values longer than one character are ambiguous in a
+            joined answer, so such questions are neither checked nor
+            reordered.
     """
     if answer in ("", "*"):
-        return
+        return answer
     row = conn.execute(
         "SELECT t.layout FROM sheets s JOIN batches b ON b.id = s.batch_id"
         " JOIN templates t ON t.id = b.template_id WHERE s.id = %s",
@@ -82,13 +88,14 @@ def _check_offered(
         )
     )
     if any(len(v) != 1 for v in values):
-        return
+        return answer
     if not set(answer) <= set(values):
         raise CorrectionError(
             f"{answer!r} is not an answer to {question}, whose options are "
             f"{', '.join(values)}. Use those, several for a multi-mark such as "
             "AC, nothing for blank, or * for an unresolved multi-mark."
         )
+    return "".join(v for v in values if v in answer)
 
 
 def swap_students(conn: psycopg.Connection, first: int, second: int) -> None:
