@@ -361,8 +361,12 @@ def test_log_follows_until_scrolled_up(dialog: ProgressDialog, qtbot: QtBot) -> 
     assert bar.value() == 0
 
 
+@pytest.mark.parametrize("closing", ["close button", "Escape"])
 def test_task_ending_during_question_keeps_result(
-    dialog: ProgressDialog, qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
+    dialog: ProgressDialog,
+    qtbot: QtBot,
+    monkeypatch: pytest.MonkeyPatch,
+    closing: str,
 ) -> None:
     def task_completes_then_yes(
         *args: Any, **kwargs: Any
@@ -375,30 +379,15 @@ def test_task_ending_during_question_keeps_result(
     dialog.add_event(make_event(1))
 
     with qtbot.assertNotEmitted(dialog.cancel_requested):
-        dialog.reject()
+        if closing == "Escape":
+            qtbot.keyClick(dialog, Qt.Key.Key_Escape)
+        else:
+            dialog.reject()
 
     assert dialog.isVisible()
     assert label_text(dialog, "stateLabel") == (
         "✓ Complete: it finished before it could be cancelled; its changes are saved"
     )
-    assert button_texts(dialog) == ["Close"]
-
-
-def test_task_ending_during_question_escape(
-    dialog: ProgressDialog, qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def task_completes_then_yes(
-        *args: Any, **kwargs: Any
-    ) -> QMessageBox.StandardButton:
-        dialog.add_event(completed_event(2))
-        return QMessageBox.StandardButton.Yes
-
-    monkeypatch.setattr(QMessageBox, "question", task_completes_then_yes)
-    dialog.add_event(make_event(1))
-
-    qtbot.keyClick(dialog, Qt.Key.Key_Escape)
-
-    assert dialog.isVisible()
     assert button_texts(dialog) == ["Close"]
 
 

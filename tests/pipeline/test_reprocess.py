@@ -1537,6 +1537,21 @@ def test_overlapping_submit_names_running_task(
     assert task_row(database, first[0]).status == task_store.SUCCESS
 
 
+def add_dead_host_task(db: psycopg.Connection, sheet_ids: list[int]) -> None:
+    """Add a day-old task row that a process on another host left STARTED.
+
+    It holds no lock: a process there died while running it.
+    """
+    db.execute(
+        "INSERT INTO reprocess_tasks (task_id, status, profile_id, sheet_ids,"
+        " runner_host, runner_pid, started_at, created_at)"
+        " VALUES (%s, 'STARTED', 1, %s, 'another-host', 1, now(),"
+        " now() - interval '1 day')",
+        (str(uuid.uuid4()), sheet_ids),
+    )
+    db.commit()
+
+
 def test_second_instance_rejects_overlap_at_submit(
     manager: TaskManager,
     make_manager: Callable[..., TaskManager],
@@ -1544,16 +1559,9 @@ def test_second_instance_rejects_overlap_at_submit(
     demo_sheet_ids: list[int],
 ) -> None:
     other_instance = make_manager()
-    # An older row left STARTED by a process that died on another host,
-    # with the same sheets: the conflict names the task that runs.
-    db.execute(
-        "INSERT INTO reprocess_tasks (task_id, status, profile_id, sheet_ids,"
-        " runner_host, runner_pid, started_at, created_at)"
-        " VALUES (%s, 'STARTED', 1, %s, 'another-host', 1, now(),"
-        " now() - interval '1 day')",
-        (str(uuid.uuid4()), demo_sheet_ids),
-    )
-    db.commit()
+    # An older row with the same sheets, left by a dead process: the
+    # conflict names the task that runs.
+    add_dead_host_task(db, demo_sheet_ids)
     gate = Gate()
     first: list[str] = []
     block_on_first_processing_event(manager, lambda: first[0] if first else None, gate)
@@ -1584,16 +1592,7 @@ def test_stale_started_row_does_not_block_submit(
     db: psycopg.Connection,
     demo_sheet_ids: list[int],
 ) -> None:
-    # A task of a process that died on another host stays STARTED, but
-    # holds no lock on its sheets.
-    stale = str(uuid.uuid4())
-    db.execute(
-        "INSERT INTO reprocess_tasks (task_id, status, profile_id, sheet_ids,"
-        " runner_host, runner_pid, started_at)"
-        " VALUES (%s, 'STARTED', 1, %s, 'another-host', 1, now())",
-        (stale, demo_sheet_ids),
-    )
-    db.commit()
+    add_dead_host_task(db, demo_sheet_ids)
 
     task_id = run_task(manager, ReprocessRequest(tuple(demo_sheet_ids), SENSITIVE))
 
