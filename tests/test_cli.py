@@ -361,7 +361,7 @@ def test_reprocess_of_sheets_another_process_holds_exits_1(
 
     other_task = str(uuid.uuid4())
     with psycopg.connect(db_conninfo) as other:
-        # What a reprocess in another process holds while it runs.
+        # The rows and locks of a reprocess that runs in another process.
         other.execute(
             "INSERT INTO reprocess_tasks (task_id, status, profile_id, sheet_ids,"
             " runner_host, runner_pid, started_at)"

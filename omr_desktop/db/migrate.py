@@ -46,16 +46,17 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-# Sessions holding the migration lock. A one-number advisory lock key of 32
-# bits shows in pg_locks as classid 0, objid the key, objsubid 1.
-_LOCK_HOLDER = """
+# Other sessions holding an advisory lock key, oldest transaction first. A
+# one-number key of 32 bits shows in pg_locks as classid 0, objid the key,
+# objsubid 1.
+_KEY_HOLDERS = """
 SELECT l.pid, extract(epoch FROM now() - a.xact_start)
 FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
         SELECT oid FROM pg_database WHERE datname = current_database())
     AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1
     AND l.pid <> pg_backend_pid()
-LIMIT 1
+ORDER BY a.xact_start NULLS LAST, l.pid
 """
 
 
@@ -75,7 +76,7 @@ class MigrationHolder:
 
 def migration_holder(conn: psycopg.Connection) -> MigrationHolder | None:
     """Return the session migrating this database now, or None."""
-    row = conn.execute(_LOCK_HOLDER, (_MIGRATION_LOCK_KEY,)).fetchone()
+    row = conn.execute(_KEY_HOLDERS, (_MIGRATION_LOCK_KEY,)).fetchone()
     if row is None:
         return None
     return MigrationHolder(pid=int(row[0]), seconds=float(row[1] or 0.0))
@@ -231,14 +232,7 @@ def _wait_for_writes(conn: psycopg.Connection, migration: Migration) -> None:
     ).fetchone()
     if row and row[0]:
         return
-    holders = conn.execute(
-        "SELECT array_agg(pid ORDER BY pid) FROM pg_locks WHERE locktype ="
-        " 'advisory' AND granted AND classid = 0 AND objid = %s AND objsubid = 1"
-        " AND database = (SELECT oid FROM pg_database"
-        " WHERE datname = current_database())",
-        (_WRITE_LOCK_KEY,),
-    ).fetchone()
-    pids = holders[0] if holders and holders[0] else []
+    pids = [int(r[0]) for r in conn.execute(_KEY_HOLDERS, (_WRITE_LOCK_KEY,))]
     logger.warning(
         "Migration %04d_%s waits for %s in progress (server process %s) to "
         "finish, such as a reprocess or an import.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
+
+logger = logging.getLogger(__name__)
 
 PENDING = "PENDING"
 STARTED = "STARTED"
@@ -197,6 +200,12 @@ def mark_interrupted(conn: psycopg.Connection, task_id: str | None = None) -> li
             if updated:
                 _append_interrupted_event(conn, found)
                 marked.append(found)
+    for found in marked:
+        logger.warning(
+            "Task %s was left unfinished by a process that died; marked "
+            "FAILURE (interrupted)",
+            found,
+        )
     return marked
 
 

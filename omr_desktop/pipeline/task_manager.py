@@ -249,12 +249,7 @@ class TaskManager:
 
     def _fail_interrupted(self) -> None:
         with self.database.connect(autocommit=True) as conn:
-            for task_id in task_store.mark_interrupted(conn):
-                logger.warning(
-                    "Task %s was left unfinished by a process that "
-                    "died; marked FAILURE (interrupted)",
-                    task_id,
-                )
+            task_store.mark_interrupted(conn)
 
     def set_engine(self, engine: ReprocessEngine) -> None:
         """Run later tasks on ``engine``.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,8 +26,6 @@ from omr_desktop.db.migrate import check_not_newer
 from omr_desktop.db.profiles import list_profiles
 from omr_desktop.db.task_store import StoredEvent, TaskRow
 from omr_desktop.server.keys import DB_EXECUTOR
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -135,11 +132,6 @@ def _get_task_failing_dead_runner(
     if task is None or task.status not in (task_store.PENDING, task_store.STARTED):
         return task
     if task_store.mark_interrupted(conn, task_id):
-        logger.warning(
-            "Task %s was left unfinished by a process that died; marked "
-            "FAILURE (interrupted)",
-            task_id,
-        )
         return task_store.get_task(conn, task_id)
     return task
 

@@ -220,9 +220,7 @@ class TasksPanel(QDockWidget):
         self._db_tasks.run(load, self._on_tasks_loaded)
 
     @Slot(object)
-    def _on_tasks_loaded(
-        self, loaded: tuple[list[TaskSummary], dict[int, str]]
-    ) -> None:
+    def _on_tasks_loaded(self, loaded: tuple[list[TaskSummary], ProfileNames]) -> None:
         tasks, names = loaded
         self.model.profile_names = names
         self.model.set_tasks(tasks)
